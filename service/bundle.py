@@ -1,0 +1,336 @@
+"""The model bundle: the contract between `training` (which writes bundles) and `service`
+(which loads them). Documented in docs/bundle.md; this module is its only definition.
+
+A bundle is a directory::
+
+    manifest.json      schema version, name, version, data, preprocessing, calibration, sha256s
+    generator.onnx     z (B, latent_dim)  -> x (B, data_dim)
+    energy.onnx        x (B, data_dim)    -> energy (B,)
+    encoder.onnx       x (B, data_dim)    -> z (B, latent_dim)
+    generator.pt2      torch.export program of the generator (differentiable, no pickle)
+    energy.pt2         torch.export program of the energy
+    preview.png        a picture of samples
+
+Every tensor at the bundle boundary is flat: rows of `data_dim` floats in model space
+(after preprocessing). `data.shape` says how to view one row (e.g. [1, 28, 28]).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+GENERATOR_ONNX = "generator.onnx"
+ENERGY_ONNX = "energy.onnx"
+ENCODER_ONNX = "encoder.onnx"
+GENERATOR_PT2 = "generator.pt2"
+ENERGY_PT2 = "energy.pt2"
+PREVIEW_PNG = "preview.png"
+REQUIRED_FILES = (GENERATOR_ONNX, ENERGY_ONNX, ENCODER_ONNX, GENERATOR_PT2, ENERGY_PT2)
+
+# ONNX graph input/output names.
+ONNX_NAMES = {
+    GENERATOR_ONNX: ("z", "x"),
+    ENERGY_ONNX: ("x", "energy"),
+    ENCODER_ONNX: ("x", "z"),
+}
+
+DATA_KINDS = ("points", "image", "tabular")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CHUNK = 1 << 20
+
+
+class BundleError(Exception):
+    """A bundle is missing, malformed, or fails verification. The message names the file."""
+
+
+def valid_name(name: str) -> bool:
+    """Model names are plain identifiers: no path separators, no '..', at most 64 chars."""
+    return bool(_NAME_RE.match(name)) and ".." not in name
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+@dataclass
+class Feature:
+    """One input column. Numeric: x' = (x - offset) * scale. Categorical: one-hot over
+    `categories` (strings), columns named ``name=category``."""
+
+    name: str
+    kind: str  # "numeric" | "categorical"
+    offset: float = 0.0
+    scale: float = 1.0
+    categories: list[str] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) if self.kind == "categorical" else 1
+
+    def column_names(self) -> list[str]:
+        if self.kind == "categorical":
+            return [f"{self.name}={c}" for c in self.categories]
+        return [self.name]
+
+
+class RecordError(ValueError):
+    """A record cannot be turned into a model vector; `field` names the culprit."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def category_key(value: Any) -> str:
+    """Canonical string for a category value: 1, 1.0 and "1" are the same category."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@dataclass
+class Preprocessing:
+    """Plain-JSON description of how records (named features) become model rows.
+
+    `unknown_category`: "error" (default) rejects a category not seen in training;
+    "zeros" encodes it as an all-zero one-hot block (documented fallback).
+    """
+
+    features: list[Feature]
+    unknown_category: str = "error"
+
+    @property
+    def output_dim(self) -> int:
+        return sum(f.width for f in self.features)
+
+    def column_names(self) -> list[str]:
+        return [c for f in self.features for c in f.column_names()]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"unknown_category": self.unknown_category, "features": [asdict(f) for f in self.features]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(
+            features=[Feature(**f) for f in d["features"]],
+            unknown_category=d.get("unknown_category", "error"),
+        )
+
+    def transform_records(self, records: list[dict[str, Any]]) -> np.ndarray:
+        """Records (feature name -> value) to model rows (N, output_dim) float32.
+
+        Raises RecordError for a missing or unknown feature, a non-number where a number
+        is expected, a non-finite number, or an unknown category (unless "zeros")."""
+        known = {f.name for f in self.features}
+        out = np.zeros((len(records), self.output_dim), dtype=np.float32)
+        for i, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                raise RecordError(f"records[{i}] is not an object", f"records[{i}]")
+            extra = set(rec) - known
+            if extra:
+                name = sorted(extra)[0]
+                raise RecordError(f"unknown feature {name!r} in records[{i}]", f"records[{i}].{name}")
+            col = 0
+            for feat in self.features:
+                where = f"records[{i}].{feat.name}"
+                if feat.name not in rec:
+                    raise RecordError(f"missing feature {feat.name!r} in records[{i}]", where)
+                value = rec[feat.name]
+                if feat.kind == "numeric":
+                    if isinstance(value, bool) or not isinstance(value, int | float):
+                        raise RecordError(f"{where} must be a number, got {value!r}", where)
+                    if not np.isfinite(value):
+                        raise RecordError(f"{where} must be finite", where)
+                    out[i, col] = (float(value) - feat.offset) * feat.scale
+                else:
+                    key = category_key(value)
+                    try:
+                        out[i, col + feat.categories.index(key)] = 1.0
+                    except ValueError:
+                        if self.unknown_category != "zeros":
+                            shown = ", ".join(feat.categories[:10])
+                            raise RecordError(
+                                f"unknown category {key!r} for {feat.name!r} "
+                                f"(known: {shown}{', ...' if len(feat.categories) > 10 else ''})",
+                                where,
+                            ) from None
+                col += feat.width
+        return out
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@dataclass
+class Calibration:
+    """Energy percentiles on held-out normal (inlier) data: `values[k]` is the
+    `percentiles[k]`-th percentile. `contamination` is the recipe's default share of rows
+    to flag; the default threshold is the (100 - 100*contamination)-th percentile."""
+
+    percentiles: list[float]
+    values: list[float]
+    n: int
+    contamination: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Calibration:
+        return cls(**d)
+
+    @classmethod
+    def from_scores(cls, scores: np.ndarray, contamination: float) -> Calibration:
+        pct = np.linspace(0.0, 100.0, 201)
+        vals = np.percentile(np.asarray(scores, dtype=np.float64), pct)
+        return cls(pct.tolist(), vals.tolist(), int(len(scores)), float(contamination))
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+@dataclass
+class DataSpec:
+    kind: str  # one of DATA_KINDS
+    shape: list[int]  # how one flat row is viewed, e.g. [2], [1, 28, 28], [121]
+    feature_names: list[str]  # one per model column
+    value_range: list[float] | None = None  # e.g. [-1, 1] for images
+
+    @property
+    def dim(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class Manifest:
+    name: str
+    version: str
+    created: str
+    recipe: str
+    data: DataSpec
+    latent_dim: int
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    calibration: Calibration
+    files: dict[str, str]  # file name -> sha256
+    preprocessing: Preprocessing | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "recipe": self.recipe,
+            "data": asdict(self.data),
+            "latent_dim": self.latent_dim,
+            "preprocessing": self.preprocessing.to_json() if self.preprocessing else None,
+            "config": self.config,
+            "metrics": self.metrics,
+            "calibration": self.calibration.to_json(),
+            "files": self.files,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Manifest:
+        pre = d.get("preprocessing")
+        return cls(
+            schema_version=int(d["schema_version"]),
+            name=d["name"],
+            version=d["version"],
+            created=d["created"],
+            recipe=d["recipe"],
+            data=DataSpec(**d["data"]),
+            latent_dim=int(d["latent_dim"]),
+            preprocessing=Preprocessing.from_json(pre) if pre else None,
+            config=d.get("config", {}),
+            metrics=d.get("metrics", {}),
+            calibration=Calibration.from_json(d["calibration"]),
+            files=dict(d["files"]),
+        )
+
+
+def content_version(files: dict[str, str], config: dict[str, Any]) -> str:
+    """Version = hash of every file's sha256 and the resolved config (12 hex digits)."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}:{files[name]}\n".encode())
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:12]
+
+
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
+    path = Path(bundle_dir) / MANIFEST
+    path.write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
+    """Read and check a bundle's manifest: schema version, required files, checksums.
+
+    Raises BundleError naming the offending file."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path}: no manifest.json (not a meg bundle)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: invalid JSON ({e})") from e
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{path}: schema_version {version!r} is not supported (this meg reads {SCHEMA_VERSION})"
+        )
+    try:
+        manifest = Manifest.from_json(raw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from e
+    if manifest.data.kind not in DATA_KINDS:
+        raise BundleError(f"{path}: data.kind {manifest.data.kind!r} not one of {DATA_KINDS}")
+    for name in REQUIRED_FILES:
+        if name not in manifest.files:
+            raise BundleError(f"{path}: manifest lists no checksum for {name}")
+    if verify:
+        for name, expected in manifest.files.items():
+            fpath = bundle_dir / name
+            if Path(name).name != name:
+                raise BundleError(f"{path}: file entry {name!r} is not a plain file name")
+            if not fpath.is_file():
+                raise BundleError(f"{fpath}: missing (listed in manifest.json)")
+            actual = sha256_file(fpath)
+            if actual != expected:
+                raise BundleError(
+                    f"{fpath}: checksum mismatch (manifest {expected[:12]}…, file {actual[:12]}…)"
+                )
+    return manifest
+
+
+def find_bundles(models_dir: Path) -> list[Path]:
+    """Bundle directories directly under `models_dir` (those holding a manifest.json),
+    plus `models_dir` itself when it is a bundle."""
+    models_dir = Path(models_dir)
+    if (models_dir / MANIFEST).is_file():
+        return [models_dir]
+    if not models_dir.is_dir():
+        return []
+    return sorted(p for p in models_dir.iterdir() if (p / MANIFEST).is_file())

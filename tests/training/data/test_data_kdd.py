@@ -1,0 +1,155 @@
+"""KDD Cup 99 (10%) by the paper's protocol, on the real file."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from service.bundle import Preprocessing, RecordError
+from training.data.kdd import (
+    CATEGORICAL,
+    FEATURES,
+    KDD_COLUMNS,
+    KDD_FILE,
+    _read_kdd,
+    cap_anomalies,
+    load_kdd,
+)
+
+REAL = Path(os.environ.get("MEG_DATA_DIR", "data")) / KDD_FILE
+
+# Counts of the 10% file, computed once from the file itself.
+ROWS = 494_021
+NORMAL_ROWS = 97_278  # label "normal." (label 1, the anomaly class)
+TRAIN_ROWS = 198_361  # label-0 rows of df.sample(frac=0.5, random_state=42)
+TEST_ROWS = 247_011
+TEST_ANOMALIES = 48_629
+
+
+@pytest.fixture(scope="module")
+def kdd():
+    if not REAL.is_file():
+        pytest.skip(f"{KDD_FILE} not under MEG_DATA_DIR (set MEG_DATA_DIR=/work/shared/data)")
+    t0 = time.perf_counter()
+    ds = load_kdd(seed=42)
+    print(f"load_kdd: {time.perf_counter() - t0:.2f}s")
+    return ds
+
+
+@pytest.fixture(scope="module")
+def paper_split(kdd):
+    """The paper's literal pandas steps, to compare the loader's rows against."""
+    df = _read_kdd(str(REAL))
+    df_train = df.sample(frac=0.5, random_state=42)
+    df_test = df.loc[~df.index.isin(df_train.index)]
+    return (
+        df_train[df_train["label"] != "normal."],
+        df_test[df_test["label"] != "normal."],
+        df_test[df_test["label"] == "normal."],
+    )
+
+
+def test_columns():
+    assert len(KDD_COLUMNS) == 42 and KDD_COLUMNS[-1] == "label"
+    assert len(FEATURES) == 41 and set(CATEGORICAL) <= set(FEATURES)
+
+
+def test_counts(kdd):
+    info = kdd.info
+    assert info["rows"] == ROWS
+    assert info["label1_rows"] == NORMAL_ROWS
+    assert info["label0_rows"] == ROWS - NORMAL_ROWS
+    assert info["train_rows"] == TRAIN_ROWS == len(kdd.train)
+    assert info["test_rows"] == TEST_ROWS == len(kdd.test_x) == len(kdd.test_y)
+    assert info["test_anomalies"] == TEST_ANOMALIES == int(kdd.test_y.sum())
+    assert len(kdd.val) == TEST_ROWS - TEST_ANOMALIES
+
+
+def test_shapes_and_spec(kdd):
+    assert kdd.train.shape[1] == 121 and kdd.train.dtype == np.float32
+    assert kdd.spec.kind == "tabular" and kdd.spec.shape == [121]
+    assert kdd.spec.feature_names == kdd.preprocessing.column_names()
+    assert len(set(kdd.spec.feature_names)) == 121
+    assert [f.name for f in kdd.preprocessing.features] == list(FEATURES)
+    assert kdd.preprocessing.unknown_category == "error"
+    for f in kdd.preprocessing.features:
+        assert f.kind == ("categorical" if f.name in CATEGORICAL else "numeric")
+        if f.kind == "categorical":
+            assert f.categories == sorted(f.categories)
+    widths = {f.name: f.width for f in kdd.preprocessing.features if f.kind == "categorical"}
+    assert widths == {
+        "protocol_type": 3,
+        "service": 66,
+        "flag": 11,
+        "land": 2,
+        "logged_in": 2,
+        "is_host_login": 1,
+        "is_guest_login": 2,
+    }
+    assert kdd.contamination == 0.2
+
+
+def test_protocol(kdd, paper_split):
+    share = kdd.test_y.mean()
+    assert share <= 0.2 and share == pytest.approx(0.197, abs=5e-4)
+    assert kdd.train.min() == 0.0 and kdd.train.max() == 1.0
+    np.testing.assert_array_equal(kdd.test_x[: len(kdd.val)], kdd.val)
+    assert (kdd.test_y[: len(kdd.val)] == 0).all() and (kdd.test_y[len(kdd.val) :] == 1).all()
+    train0, test0, test1 = paper_split
+    assert len(train0) == len(kdd.train) and len(test0) == len(kdd.val)
+    assert len(test1) == TEST_ANOMALIES  # all of them fit under the 20% cap
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    # Through JSON, as the service receives them.
+    return json.loads(json.dumps(frame[list(FEATURES)].to_dict(orient="records")))
+
+
+def test_transform_records_matches_model_rows(kdd, paper_split):
+    train0, test0, test1 = paper_split
+    pre = kdd.preprocessing
+    np.testing.assert_array_equal(
+        pre.transform_records(_records(train0.iloc[:300])), kdd.train[:300]
+    )
+    np.testing.assert_array_equal(
+        pre.transform_records(_records(test0.iloc[-200:])), kdd.val[-200:]
+    )
+    n0 = len(kdd.val)
+    np.testing.assert_array_equal(
+        pre.transform_records(_records(test1.iloc[:200])), kdd.test_x[n0 : n0 + 200]
+    )
+    # The manifest stores the preprocessing as JSON: it must survive the trip.
+    again = Preprocessing.from_json(json.loads(json.dumps(pre.to_json())))
+    np.testing.assert_array_equal(
+        again.transform_records(_records(train0.iloc[:50])), kdd.train[:50]
+    )
+
+
+def test_unknown_category_is_an_error(kdd, paper_split):
+    rec = _records(paper_split[0].iloc[:1])[0]
+    rec["service"] = "gopher2"
+    with pytest.raises(RecordError, match="unknown category"):
+        kdd.preprocessing.transform_records([rec])
+
+
+def test_second_load_uses_cache(kdd):
+    t0 = time.perf_counter()
+    again = load_kdd(seed=42)
+    assert time.perf_counter() - t0 < 10  # parse is cached; generous for shared CPUs
+    np.testing.assert_array_equal(again.train[:1000], kdd.train[:1000])
+
+
+def test_cap_anomalies():
+    anomalies = np.arange(100, 200)
+    assert cap_anomalies(anomalies, 400, 0.2, seed=0) is anomalies  # cap 100: all fit
+    capped = cap_anomalies(anomalies, 200, 0.2, seed=0)
+    assert len(capped) == 50  # int(200 * 0.2 / 0.8)
+    assert set(capped) <= set(anomalies) and (np.diff(capped) > 0).all()
+    assert len(capped) / (len(capped) + 200) == pytest.approx(0.2)
+    assert not np.array_equal(capped, cap_anomalies(anomalies, 200, 0.2, seed=1))

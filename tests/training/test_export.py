@@ -1,0 +1,132 @@
+"""Bundle round trip: export, then load in a fresh process that never imports training;
+ONNX and the torch programs agree; tampering and missing files are caught by name."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import bundle as B
+
+ROOT = Path(__file__).resolve().parents[2]
+
+LOADER = r"""
+import json, sys
+import numpy as np, onnxruntime as ort, torch
+from service import bundle as B
+d = sys.argv[1]
+m = B.read_manifest(d)
+rng = np.random.default_rng(0)
+z = rng.standard_normal((5, m.latent_dim)).astype(np.float32)
+x = rng.standard_normal((5, m.data.dim)).astype(np.float32)
+sess = {f: ort.InferenceSession(f"{d}/{f}", providers=["CPUExecutionProvider"])
+        for f in (B.GENERATOR_ONNX, B.ENERGY_ONNX, B.ENCODER_ONNX)}
+gen = torch.export.load(f"{d}/{B.GENERATOR_PT2}").module()
+energy = torch.export.load(f"{d}/{B.ENERGY_PT2}").module()
+g_onnx = sess[B.GENERATOR_ONNX].run(None, {"z": z})[0]
+e_onnx = sess[B.ENERGY_ONNX].run(None, {"x": x})[0]
+z_onnx = sess[B.ENCODER_ONNX].run(None, {"x": x})[0]
+xt = torch.from_numpy(x).requires_grad_(True)
+e_t = energy(xt)
+(grad,) = torch.autograd.grad(e_t.sum(), xt)  # differentiable without training code
+one = energy(torch.from_numpy(x[:1]))
+print(json.dumps({
+    "gen_err": float(np.abs(gen(torch.from_numpy(z)).detach().numpy() - g_onnx).max()),
+    "energy_err": float(np.abs(e_t.detach().numpy() - e_onnx).max()),
+    "shapes": [list(g_onnx.shape), list(e_onnx.shape), list(z_onnx.shape), list(one.shape)],
+    "grad_finite": bool(torch.isfinite(grad).all()),
+    "training_imported": any(k == "training" or k.startswith("training.") for k in sys.modules),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_models_dir):
+    return tiny_models_dir
+
+
+@pytest.mark.parametrize("name", ["toy", "events", "digits"])
+def test_round_trip_in_a_fresh_process(bundles, name):
+    d = bundles / name
+    proc = subprocess.run([sys.executable, "-c", LOADER, str(d)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    m = B.read_manifest(d)
+    assert out["training_imported"] is False
+    assert out["gen_err"] <= 1e-4 and out["energy_err"] <= 1e-4
+    assert out["shapes"] == [[5, m.data.dim], [5], [5, m.latent_dim], [1]]
+    assert out["grad_finite"]
+
+
+def test_manifest_contents(bundles):
+    m = B.read_manifest(bundles / "events")
+    raw = json.loads((bundles / "events" / B.MANIFEST).read_text())
+    assert raw["schema_version"] == B.SCHEMA_VERSION and m.name == "events"
+    assert set(B.REQUIRED_FILES) | {B.PREVIEW_PNG} <= set(m.files)
+    assert m.version == B.content_version(m.files, m.config)
+    assert m.metrics["onnx_max_abs_error"] <= 1e-4
+    assert m.data.feature_names == m.preprocessing.column_names()
+    assert m.calibration.n > 0 and m.calibration.values == sorted(m.calibration.values)
+    assert m.config["data"]["source"] == "tabular"
+    rows = m.preprocessing.transform_records([{"bytes": 100.0, "duration": 1.5, "protocol": "udp"}])
+    assert rows.shape == (1, m.data.dim) and rows[0, -1] == 1.0
+    assert (bundles / "digits" / B.PREVIEW_PNG).read_bytes()[:4] == b"\x89PNG"
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tampered_file_is_named(bundles, tmp_path):
+    d = _copy(bundles / "toy", tmp_path / "toy")
+    with open(d / B.ENERGY_ONNX, "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(B.BundleError, match="energy.onnx: checksum mismatch"):
+        B.read_manifest(d)
+
+
+def test_missing_file_and_bad_schema_are_named(bundles, tmp_path):
+    d = _copy(bundles / "toy", tmp_path / "toy")
+    (d / B.GENERATOR_PT2).unlink()
+    with pytest.raises(B.BundleError, match="generator.pt2: missing"):
+        B.read_manifest(d)
+    raw = json.loads((d / B.MANIFEST).read_text())
+    raw["schema_version"] = 99
+    (d / B.MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(B.BundleError, match="schema_version 99 is not supported"):
+        B.read_manifest(d)
+    with pytest.raises(B.BundleError, match="no manifest.json"):
+        B.read_manifest(tmp_path)
+
+
+def test_calibration_and_threshold_agree():
+    from service.scoring import percentile_rank, threshold_from_calibration, threshold_from_scores
+
+    scores = np.random.default_rng(0).normal(size=10_000)
+    cal = B.Calibration.from_scores(scores, contamination=0.1)
+    assert threshold_from_calibration(cal) == pytest.approx(threshold_from_scores(scores, 0.1), abs=0.02)
+    assert percentile_rank(cal, np.array([0.0]))[0] == pytest.approx(50.0, abs=1.0)
+    with pytest.raises(ValueError):
+        threshold_from_scores(scores, 1.5)
+
+
+def test_export_replaces_a_bundle_atomically(bundles, tmp_path):
+    """Re-exporting over an existing bundle leaves a complete bundle and no temp dirs."""
+    from conftest import train_tiny
+
+    out = tmp_path / "models" / "toy"
+    train_tiny("25gaussians", out, ["data.n=500", "train.steps=2"])
+    first = B.read_manifest(out).version
+    train_tiny("25gaussians", out, ["data.n=500", "train.steps=3"])
+    assert B.read_manifest(out).version != first
+    assert sorted(p.name for p in out.parent.iterdir()) == ["toy"]

@@ -1,0 +1,132 @@
+"""Training: every recipe trains a few steps; seeds repeat; resume continues; the JSD
+estimator and latent MCMC paths run; 2-process data-parallel training agrees."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, make_table
+
+from training.config import apply_overrides, load_recipe
+from training.train import CHECKPOINT, train
+
+DATA = Path(os.environ.get("MEG_DATA_DIR", "data"))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny(recipe, *extra):
+    return apply_overrides(load_recipe(recipe), TINY + list(extra))
+
+
+def needs(relpath):
+    return pytest.mark.skipif(not (DATA / relpath).is_file(), reason=f"{DATA / relpath} missing")
+
+
+@pytest.mark.parametrize("recipe, extra", [
+    ("25gaussians", ["data.n=1000"]),
+    ("8gaussians", ["data.n=1000"]),
+    ("swissroll", ["data.n=1000"]),
+    ("digits", []),
+    pytest.param("mnist", ["model.conv_width=8"], marks=needs("mnist/t10k-images-idx3-ubyte.gz")),
+    pytest.param("kddcup99", [], marks=needs("kddcup99/kddcup.data_10_percent.gz")),
+])
+def test_recipe_trains_a_few_steps(recipe, extra, tmp_path):
+    res = train(tiny(recipe, *extra), None, tmp_path / "run", progress=False)
+    assert res.steps == 20
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["final"]["steps"] == 20 and saved["history"]
+    assert all(torch.isfinite(torch.tensor(h["loss_energy"])) for h in saved["history"])
+    assert (tmp_path / "run" / "previews" / "final.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "run" / CHECKPOINT).is_file()
+    if recipe in ("digits", "mnist", "kddcup99"):
+        assert 0.0 <= res.metrics["auroc"] <= 1.0
+    if recipe == "kddcup99":
+        assert {"precision", "recall", "f1"} <= set(res.metrics)
+    if recipe in ("25gaussians", "8gaussians"):
+        assert "modes_covered" in res.metrics
+
+
+def test_tabular_recipe(tmp_path):
+    csv = tmp_path / "t.csv"
+    make_table().to_csv(csv, index=False)
+    cfg = tiny("tabular", f"data.path={str(csv)!r}", "data.label='label'")
+    res = train(cfg, None, tmp_path / "run", progress=False)
+    assert 0.0 <= res.metrics["auroc"] <= 1.0
+
+
+def test_jsd_entropy_and_latent_mcmc(tmp_path):
+    cfg = tiny("25gaussians", "data.n=1000", "train.entropy='jsd'", "train.mcmc_steps=3",
+               "train.steps=5")
+    res = train(cfg, None, tmp_path / "run", progress=False)
+    assert res.steps == 5
+    state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    assert "statistics" in state["modules"] and state["config"]["train"]["entropy"] == "jsd"
+
+
+def _params(run_dir):
+    state = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    return state["modules"]["energy"]
+
+
+def test_same_seed_same_run(tmp_path):
+    a = train(tiny("25gaussians", "data.n=1000"), None, tmp_path / "a", progress=False)
+    b = train(tiny("25gaussians", "data.n=1000"), None, tmp_path / "b", progress=False)
+    c = train(tiny("25gaussians", "data.n=1000", "train.seed=1"), None, tmp_path / "c", progress=False)
+    pa, pb, pc = _params(tmp_path / "a"), _params(tmp_path / "b"), _params(tmp_path / "c")
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert not all(torch.equal(pa[k], pc[k]) for k in pa)
+    assert a.metrics["energy_val_mean"] == b.metrics["energy_val_mean"]
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(tiny("25gaussians", "data.n=1000", "train.steps=10"), None, run, progress=False)
+    res = train(tiny("25gaussians", "data.n=1000", "train.steps=15"), None, run, resume=True,
+                progress=False)
+    assert res.steps == 15
+    assert torch.load(run / CHECKPOINT, weights_only=True)["step"] == 15
+    hist = json.loads((run / "metrics.json").read_text())["history"]
+    assert hist[0]["step"] > 10  # only the resumed steps ran
+
+
+
+
+def test_two_process_data_parallel(tmp_path):
+    """torchrun with 2 CPU processes (gloo): both finish, rank 0 writes the run, and the
+    gradient all-reduce keeps the replicas identical."""
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import sys, hashlib, torch\n"
+        "import torch.distributed as dist\n"
+        "from conftest import TINY\n"
+        "from training.config import apply_overrides, load_recipe\n"
+        "import training.train as T\n"
+        "cfg = apply_overrides(load_recipe('25gaussians'), TINY + ['data.n=1000', 'train.steps=6'])\n"
+        "captured = {}\n"
+        "orig = T.build_meg\n"
+        "def spy(*a, **k):\n"
+        "    captured['meg'] = orig(*a, **k)\n"
+        "    return captured['meg']\n"
+        "T.build_meg = spy\n"
+        "res = T.train(cfg, None, sys.argv[1], progress=False)\n"
+        "flat = torch.cat([p.detach().flatten() for p in captured['meg'].energy.parameters()])\n"
+        "digest = hashlib.sha256(flat.numpy().tobytes()).hexdigest()\n"
+        "print('RANK', dist.get_rank(), 'WORLD', dist.get_world_size(), 'STEPS', res.steps, 'HASH', digest)\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(script), str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=240, env=env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("RANK")]
+    assert sorted(ln[1] for ln in lines) == ["0", "1"]
+    assert all(ln[3] == "2" and ln[5] == "6" for ln in lines)
+    assert lines[0][7] == lines[1][7], "replicas diverged: gradients were not averaged"
+    assert (tmp_path / "run" / "metrics.json").is_file()

@@ -1,0 +1,137 @@
+"""`meg`: train, evaluate, inspect and serve MEG models.
+
+    meg train RECIPE [--set section.key=value ...] --out DIR
+    meg eval BUNDLE
+    meg info BUNDLE
+    meg recipes
+    meg serve [--models DIR] [--host HOST] [--port PORT]
+
+Subcommands import what they need lazily: `meg serve` never imports training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.config import apply_overrides, load_recipe
+    from training.train import train
+
+    cfg = load_recipe(args.recipe)
+    overrides = list(args.set or [])
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    if args.device is not None:
+        overrides.append(f"train.device={args.device}")
+    cfg = apply_overrides(cfg, overrides)
+    out = Path(args.out) if args.out else Path("models") / cfg.name
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / out.name
+    result = train(cfg, out, run_dir, resume=args.resume, progress=not args.quiet)
+    if result.metrics:
+        print(json.dumps({"bundle": str(result.bundle_dir), "run_dir": str(result.run_dir),
+                          "steps": result.steps, "seconds": round(result.seconds, 1),
+                          "metrics": result.metrics}, indent=2))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from training.bundle_eval import evaluate_bundle
+
+    print(json.dumps(evaluate_bundle(Path(args.bundle)), indent=2))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from service.bundle import read_manifest
+
+    m = read_manifest(Path(args.bundle))
+    info = m.to_json()
+    if not args.full:
+        info.pop("config")
+        cal = info.pop("calibration")
+        info["calibration"] = {"n": cal["n"], "contamination": cal["contamination"]}
+        pre = info.pop("preprocessing")
+        info["preprocessing"] = (
+            {"features": len(pre["features"]), "unknown_category": pre["unknown_category"]}
+            if pre else None
+        )
+        info["data"].pop("feature_names")
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from training.config import RECIPES_DIR, list_recipes
+
+    for name in list_recipes():
+        first = (RECIPES_DIR / f"{name}.toml").read_text().splitlines()[0].lstrip("# ")
+        print(f"{name:12s} {first}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from service.server import serve
+
+    serve(models=args.models, host=args.host, port=args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meg", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a recipe and export a bundle",
+                       description="Train a recipe (see `meg recipes`) and export a model bundle.")
+    t.add_argument("recipe", help="built-in recipe name (25gaussians, digits, kddcup99, ...) or a .toml path")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=500 (repeatable)")
+    t.add_argument("--out", help="bundle directory; its name is the model name (default models/RECIPE)")
+    t.add_argument("--run-dir", help="checkpoints, TensorBoard, previews, metrics.json (default runs/NAME)")
+    t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    t.add_argument("--seed", type=int, help="random seed (same seed, same run)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (CUDA when present)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a bundle on its recipe's test data",
+                       description="Re-run the recipe's evaluation on an exported bundle (ONNX).")
+    e.add_argument("bundle", help="bundle directory")
+    e.set_defaults(fn=_cmd_eval)
+
+    i = sub.add_parser("info", help="verify a bundle and print its manifest")
+    i.add_argument("bundle", help="bundle directory")
+    i.add_argument("--full", action="store_true", help="include config, calibration and preprocessing")
+    i.set_defaults(fn=_cmd_info)
+
+    r = sub.add_parser("recipes", help="list the built-in recipes")
+    r.set_defaults(fn=_cmd_recipes)
+
+    s = sub.add_parser("serve", help="serve bundles over HTTP (FastAPI + uvicorn)")
+    s.add_argument("--models", help="directory of bundles (default: $MEG_MODELS_DIR or ./models)")
+    s.add_argument("--host", default=None, help="default 127.0.0.1 ($MEG_HOST)")
+    s.add_argument("--port", type=int, default=None, help="default 8000 ($MEG_PORT)")
+    s.set_defaults(fn=_cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from service.bundle import BundleError
+    from training.config import ConfigError
+
+    try:
+        return int(args.fn(args))
+    except (ConfigError, BundleError, FileNotFoundError, ValueError) as e:
+        print(f"meg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

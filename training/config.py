@@ -1,0 +1,178 @@
+"""Typed configuration: one dataclass per concern, recipes as small TOML files.
+
+A recipe (training/recipes/NAME.toml) fills `RecipeConfig`; `--set section.key=value`
+overrides any field. The resolved config is stored in checkpoints and bundle manifests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class DataConfig:
+    source: str = "toy"  # toy | digits | mnist | kddcup99 | tabular
+    toy: str = "25gaussians"  # toy: which one
+    n: int = 100_000  # toy: number of training points
+    anomaly_digit: int = 9  # digits/mnist: held-out class (-1: none)
+    split_seed: int = 42  # the protocol's split seed
+    path: str = ""  # tabular: CSV or Parquet file
+    label: str = ""  # tabular: label column ("" for none)
+    normal_values: list[Any] = field(default_factory=list)  # tabular: label values that are normal
+    categorical: list[str] = field(default_factory=list)  # tabular: declared categorical columns
+    numeric: list[str] = field(default_factory=list)  # tabular: declared numeric columns
+    drop: list[str] = field(default_factory=list)  # tabular: columns to ignore
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mlp"  # mlp | conv (conv needs an image shape)
+    latent_dim: int = 2
+    g_hidden: list[int] = field(default_factory=lambda: [512, 512, 512])
+    e_hidden: list[int] = field(default_factory=lambda: [512, 512, 512])
+    enc_hidden: list[int] = field(default_factory=lambda: [512, 512])
+    t_hidden: list[int] = field(default_factory=lambda: [512, 512, 512])
+    g_output: str = "linear"  # linear | tanh | sigmoid
+    conv_width: int = 64  # conv: channels of the first conv layer
+    # Filled from the data at train time:
+    data_dim: int = 0
+    data_shape: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # generator steps
+    batch_size: int = 256
+    n_critic: int = 5  # energy steps per generator step
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.9
+    gp_weight: float = 0.1  # λ of the zero-centred gradient penalty on real data
+    entropy: str = "encoder"  # encoder | jsd
+    entropy_weight: float = 1.0
+    mcmc_steps: int = 0  # latent MALA steps for the negative phase (0: off)
+    mcmc_step_size: float = 0.01
+    mcmc_temperature: float = 1.0
+    mcmc_prior: bool = True
+    max_minutes: float = 0.0  # stop early after this wall time (0: no limit)
+    log_every: int = 50
+    eval_every: int = 0  # 0: only at the end
+    preview_every: int = 500
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int = 0  # torch intra-op threads (0: torch's default)
+
+
+@dataclass
+class RecipeConfig:
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RecipeConfig:
+        unknown = set(d) - {"name", "data", "model", "train"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        return cls(
+            name=str(d.get("name", "custom")),
+            data=_build(DataConfig, d.get("data", {}), "data"),
+            model=_build(ModelConfig, d.get("model", {}), "model"),
+            train=_build(TrainConfig, d.get("train", {}), "train"),
+        )
+
+
+class ConfigError(ValueError):
+    """A recipe, a config file or an override is wrong; the message says what to fix."""
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in [{section}]: {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(sorted(names))})"
+        )
+    return cls(**values)
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def load_recipe(name_or_path: str) -> RecipeConfig:
+    """A built-in recipe by name, or a TOML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ConfigError(
+            f"no recipe {name_or_path!r}: built-in recipes are {', '.join(list_recipes())}, "
+            "or pass a path to a .toml file"
+        )
+    with open(path, "rb") as f:
+        try:
+            raw = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from e
+    raw.setdefault("name", path.stem)
+    return RecipeConfig.from_dict(raw)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string such as `entropy=jsd`
+
+
+def apply_overrides(cfg: RecipeConfig, overrides: list[str]) -> RecipeConfig:
+    """Apply `section.key=value` overrides (values parsed as TOML, else taken as strings)."""
+    d = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.steps=500")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if parts == ["name"]:
+            d["name"] = text
+            continue
+        if len(parts) != 2 or parts[0] not in ("data", "model", "train"):
+            raise ConfigError(f"--set {key!r}: expected data.KEY, model.KEY or train.KEY")
+        section, name = parts
+        if name not in d[section]:
+            raise ConfigError(
+                f"--set {key!r}: no such key; [{section}] has {', '.join(sorted(d[section]))}"
+            )
+        value = _parse_value(text)
+        current = d[section][name]
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if current is not None and not _same_kind(current, value):
+            raise ConfigError(
+                f"--set {key}={text}: expected {type(current).__name__}, got {type(value).__name__}"
+            )
+        d[section][name] = value
+    return RecipeConfig.from_dict(d)
+
+
+def _same_kind(current: Any, value: Any) -> bool:
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    return isinstance(value, type(current))
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)

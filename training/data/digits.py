@@ -1,0 +1,115 @@
+"""scikit-learn's 8x8 digits (1,797 images, bundled with sklearn: no download) with the
+held-out-digit anomaly protocol that MNIST uses too.
+
+Held-out digit d: rows of digit d are the anomalies (label 1). The other digits are
+split 80/20 with a fixed seed into train and test-normal; test = test-normal + every
+row of digit d; val = the test-normal rows (held-out normal data for calibration).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from service.bundle import DataSpec
+from training.data import Dataset
+
+NO_TEST_CONTAMINATION = 0.05
+
+
+def _split_info(anomaly_digit: int | None, seed: int, **counts: int) -> dict[str, Any]:
+    return {"anomaly_digit": anomaly_digit, "seed": seed, **counts}
+
+
+def held_out_split(
+    x: np.ndarray,
+    digits: np.ndarray,
+    anomaly_digit: int | None,
+    seed: int,
+    train_fraction: float = 0.8,
+    no_test_train_fraction: float = 0.9,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, float, dict[str, Any]]:
+    """Split rows `x` with class labels `digits` by the held-out-digit protocol.
+
+    Returns (train, val, test_x, test_y, contamination, info). With `anomaly_digit`
+    None or -1 there are no anomalies: `no_test_train_fraction` of all rows train, the
+    rest are val, and there is no test set. Test rows come normal first, then anomalies;
+    `val` is a copy of the test-normal rows."""
+    if anomaly_digit == -1:
+        anomaly_digit = None
+    if anomaly_digit is not None and anomaly_digit not in range(10):
+        raise ValueError(f"anomaly_digit must be 0..9, -1 or None, got {anomaly_digit!r}")
+    rng = np.random.default_rng(seed)
+    if anomaly_digit is None:
+        order = rng.permutation(len(x))
+        n_train = int(round(no_test_train_fraction * len(x)))
+        train, val = x[order[:n_train]], x[order[n_train:]]
+        info = _split_info(None, seed, train=len(train), val=len(val), test=0, test_anomalies=0)
+        return train, val, None, None, NO_TEST_CONTAMINATION, info
+    is_anomaly = digits == anomaly_digit
+    normal_idx = np.flatnonzero(~is_anomaly)
+    normal_idx = normal_idx[rng.permutation(len(normal_idx))]
+    n_train = int(round(train_fraction * len(normal_idx)))
+    train_idx, test_normal_idx = normal_idx[:n_train], normal_idx[n_train:]
+    anomaly_idx = np.flatnonzero(is_anomaly)
+    train = x[train_idx]
+    val = x[test_normal_idx]
+    test_x = np.concatenate([val, x[anomaly_idx]])
+    test_y = np.concatenate(
+        [np.zeros(len(test_normal_idx), np.int64), np.ones(len(anomaly_idx), np.int64)]
+    )
+    contamination = float(len(anomaly_idx) / len(test_y))
+    info = _split_info(
+        anomaly_digit,
+        seed,
+        train=len(train),
+        val=len(val),
+        test=len(test_y),
+        test_anomalies=len(anomaly_idx),
+    )
+    return train, val, test_x, test_y, contamination, info
+
+
+def image_dataset(
+    name: str,
+    pixels: np.ndarray,
+    digits: np.ndarray,
+    side: int,
+    anomaly_digit: int | None,
+    seed: int,
+) -> Dataset:
+    """Flat [-1, 1] float32 `pixels` (N, side*side) with class labels as a held-out-digit
+    image Dataset of shape [1, side, side]."""
+    train, val, test_x, test_y, contamination, info = held_out_split(
+        pixels, digits, anomaly_digit, seed
+    )
+    info["rows"] = int(len(pixels))
+    spec = DataSpec(
+        kind="image",
+        shape=[1, side, side],
+        feature_names=[f"px{i}" for i in range(side * side)],
+        value_range=[-1.0, 1.0],
+    )
+    return Dataset(
+        name=name,
+        train=train,
+        val=val,
+        test_x=test_x,
+        test_y=test_y,
+        spec=spec,
+        preprocessing=None,
+        contamination=contamination,
+        info=info,
+    )
+
+
+def load_digits_dataset(anomaly_digit: int | None = 9, seed: int = 0) -> Dataset:
+    """sklearn's 8x8 digits, pixels 0..16 scaled to [-1, 1], shape [1, 8, 8], split by
+    the held-out-digit protocol (`anomaly_digit` None or -1: 90/10 train/val, no test)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = (np.asarray(bunch.data, dtype=np.float32) / 8.0 - 1.0).astype(np.float32)
+    digits = np.asarray(bunch.target, dtype=np.int64)
+    return image_dataset("digits", pixels, digits, 8, anomaly_digit, seed)

@@ -1,0 +1,142 @@
+"""Export a trained model as a self-contained bundle (format: service/bundle.py)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from service import bundle as B
+from service.render import preview_png
+from training.data import Dataset
+from training.model import MEG
+
+ONNX_TOLERANCE = 1e-4
+_MAX_BATCH = 1 << 20
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, names: tuple[str, str]) -> None:
+    inp, out = names
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript-based exporter: fast, and exact for these plain feed-forward nets.
+        torch.onnx.export(
+            module, (example,), str(path), input_names=[inp], output_names=[out],
+            dynamic_axes={inp: {0: "batch"}, out: {0: "batch"}}, opset_version=17, dynamo=False,
+        )
+
+
+def check_onnx(module: nn.Module, path: Path, in_dim: int, input_name: str, seed: int = 0) -> float:
+    """Max abs error between ONNX Runtime and torch on random inputs of a few batch sizes."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for batch in (1, 7, 64):
+        x = torch.randn(batch, in_dim, generator=g)
+        with torch.no_grad():
+            want = module(x).numpy()
+        got = sess.run(None, {input_name: x.numpy()})[0]
+        worst = max(worst, float(np.max(np.abs(got - want))))
+    if worst > ONNX_TOLERANCE:
+        raise ExportError(f"{path.name}: ONNX differs from torch by {worst:.2e} > {ONNX_TOLERANCE}")
+    return worst
+
+
+def _export_program(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+
+
+def export_bundle(
+    meg: MEG,
+    config: dict[str, Any],
+    dataset: Dataset,
+    metrics: dict[str, Any],
+    out_dir: Path,
+    seed: int = 0,
+) -> B.Manifest:
+    """Write the bundle into `out_dir` (replacing it atomically) and return its manifest.
+
+    Files are written to a sibling temporary directory first, so a server watching the
+    models directory never sees a half-written bundle."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        manifest = _write(meg, config, dataset, metrics, tmp, out_dir.name, seed)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+        os.chmod(out_dir, 0o755)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _write(meg: MEG, config: dict[str, Any], dataset: Dataset, metrics: dict[str, Any],
+           d: Path, name: str, seed: int) -> B.Manifest:
+    gen = copy.deepcopy(meg.generator).cpu().eval()
+    energy = copy.deepcopy(meg.energy).cpu().eval()
+    encoder = copy.deepcopy(meg.encoder).cpu().eval()
+    latent_dim, data_dim = gen.cfg.latent_dim, dataset.dim
+    z_ex, x_ex = torch.randn(8, latent_dim), torch.randn(8, data_dim)
+
+    onnx_error = {}
+    for module, fname, example, in_dim in (
+        (gen, B.GENERATOR_ONNX, z_ex, latent_dim),
+        (energy, B.ENERGY_ONNX, x_ex, data_dim),
+        (encoder, B.ENCODER_ONNX, x_ex, data_dim),
+    ):
+        _export_onnx(module, example, d / fname, B.ONNX_NAMES[fname])
+        onnx_error[fname] = check_onnx(module, d / fname, in_dim, B.ONNX_NAMES[fname][0], seed)
+    _export_program(gen, z_ex, d / B.GENERATOR_PT2)
+    _export_program(energy, x_ex, d / B.ENERGY_PT2)
+
+    with torch.no_grad():
+        val_energy = energy(torch.as_tensor(dataset.val, dtype=torch.float32)).numpy()
+        z = torch.randn(256, latent_dim, generator=torch.Generator().manual_seed(seed))
+        samples = gen(z).numpy()
+
+    def energy_np(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return energy(torch.as_tensor(x, dtype=torch.float32)).numpy()
+
+    (d / B.PREVIEW_PNG).write_bytes(preview_png(dataset.spec, samples, energy_np, dataset.val[:2000]))
+
+    files = {p.name: B.sha256_file(p) for p in sorted(d.iterdir()) if p.is_file()}
+    manifest = B.Manifest(
+        name=name,
+        version=B.content_version(files, config),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        recipe=str(config.get("name", "")),
+        data=dataset.spec,
+        latent_dim=latent_dim,
+        preprocessing=dataset.preprocessing,
+        config=config,
+        metrics={**metrics, "onnx_max_abs_error": max(onnx_error.values())},
+        calibration=B.Calibration.from_scores(val_energy, dataset.contamination),
+        files=files,
+    )
+    B.write_manifest(d, manifest)
+    return manifest

@@ -1,0 +1,342 @@
+"""Train a MEG model, top to bottom.
+
+One generator step follows `n_critic` energy steps:
+  energy:    mean E(x) − mean E(G(z)) + λ · mean ‖∇ₓE(x)‖²            (real x only)
+  generator: mean E(G(z)) + w · MI-loss   (MI-loss = −Î(x; z): encoder MSE or JSD)
+Negative samples may be refined by latent MALA on U(z) = E(G(z))/T + ½‖z‖².
+
+Under `torchrun` every process trains on its own random batches and gradients are
+averaged across processes before each optimiser step (gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from service.bundle import valid_name
+from service.mala import sample_latent
+from service.render import preview_png
+from training import losses
+from training.config import DataConfig, RecipeConfig
+from training.data import Dataset
+from training.evaluate import batched, evaluate
+from training.export import export_bundle
+from training.model import MEG, build_meg
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    bundle_dir: Path | None
+    metrics: dict[str, Any]
+    steps: int
+    seconds: float
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_data(cfg: DataConfig) -> Dataset:
+    """The dataset a recipe's [data] section names."""
+    if cfg.source == "toy":
+        from training.data.toys import load_toy
+
+        return load_toy(cfg.toy, n=cfg.n, seed=cfg.split_seed)
+    if cfg.source == "digits":
+        from training.data.digits import load_digits_dataset
+
+        return load_digits_dataset(anomaly_digit=None if cfg.anomaly_digit < 0 else cfg.anomaly_digit,
+                                   seed=cfg.split_seed)
+    if cfg.source == "mnist":
+        from training.data.mnist import load_mnist_dataset
+
+        return load_mnist_dataset(anomaly_digit=cfg.anomaly_digit, seed=cfg.split_seed)
+    if cfg.source == "kddcup99":
+        from training.data.kdd import load_kdd
+
+        return load_kdd(seed=cfg.split_seed)
+    if cfg.source == "tabular":
+        from training.data.tabular import load_tabular
+
+        if not cfg.path:
+            raise ValueError("the tabular recipe needs a file: --set data.path=/path/to/file.csv")
+        return load_tabular(
+            cfg.path, label=cfg.label or None, normal_values=cfg.normal_values or None,
+            categorical=cfg.categorical or None, numeric=cfg.numeric or None,
+            drop=cfg.drop or None, seed=cfg.split_seed,
+        )
+    raise ValueError(f"unknown data.source {cfg.source!r} (toy, digits, mnist, kddcup99, tabular)")
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def broadcast_params(modules: list[nn.Module], d: Dist) -> None:
+    if d.world > 1:
+        for m in modules:
+            for p in m.parameters():
+                dist.broadcast(p.data, src=0)
+
+
+def average_grads(modules: list[nn.Module], d: Dist) -> None:
+    # Explicit all-reduce rather than DDP: the gradient penalty differentiates through
+    # autograd.grad, which DDP's bucketed hooks do not support.
+    if d.world > 1:
+        for m in modules:
+            for p in m.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                    p.grad /= d.world
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("train.device='cuda' but no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: RecipeConfig,
+    out: Path | None,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    dataset: Dataset | None = None,
+) -> TrainResult:
+    """Train `cfg`, evaluate, and export a bundle to `out` (rank 0 only; None: no bundle).
+
+    `run_dir` receives checkpoint.pt, metrics.json, TensorBoard scalars and previews."""
+    t0 = time.time()
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    dd = init_distributed(device)
+    if tc.num_threads > 0:
+        torch.set_num_threads(tc.num_threads)
+    if out is not None and not valid_name(Path(out).name):
+        raise ValueError(f"--out {out}: the directory name is the model name; use letters, digits, _ . -")
+    torch.manual_seed(tc.seed + dd.rank)
+    rng = torch.Generator(device=device).manual_seed(tc.seed * 1000 + dd.rank)
+
+    data = dataset if dataset is not None else load_data(cfg.data)
+    cfg.model.data_dim = data.dim
+    cfg.model.data_shape = list(data.spec.shape)
+    x_all = torch.as_tensor(data.train, dtype=torch.float32, device=device)  # (N, D)
+
+    meg = build_meg(cfg.model, tc.entropy, device)
+    mods = meg.modules()
+    betas = (tc.beta1, tc.beta2)
+    opt_e = torch.optim.Adam(meg.energy.parameters(), lr=tc.lr, betas=betas)
+    # G and the MI estimator (encoder or statistics network) are trained jointly.
+    g_params = list(meg.generator.parameters()) + list(meg.encoder.parameters())
+    if meg.statistics is not None:
+        g_params += list(meg.statistics.parameters())
+    opt_g = torch.optim.Adam(g_params, lr=tc.lr, betas=betas)
+
+    run_dir = Path(run_dir)
+    step = 0
+    ckpt_path = run_dir / CHECKPOINT
+    if resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        for k, m in mods.items():
+            m.load_state_dict(state["modules"][k])
+        opt_e.load_state_dict(state["opt_e"])
+        opt_g.load_state_dict(state["opt_g"])
+        step = int(state["step"])
+        rng.manual_seed(tc.seed * 1000 + dd.rank + step)
+    broadcast_params(list(mods.values()), dd)
+
+    writer = None
+    if dd.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional at run time
+            writer = None
+
+    def batch() -> torch.Tensor:
+        idx = torch.randint(0, x_all.shape[0], (tc.batch_size,), device=device, generator=rng)
+        return x_all[idx]  # (B, D)
+
+    def prior(n: int) -> torch.Tensor:
+        return torch.randn(n, cfg.model.latent_dim, device=device, generator=rng)  # (B, latent)
+
+    def negatives(n: int) -> torch.Tensor:
+        if tc.mcmc_steps <= 0:
+            with torch.no_grad():
+                return meg.generator(prior(n))
+        res = sample_latent(
+            meg.generator, meg.energy, n, cfg.model.latent_dim, tc.mcmc_steps,
+            step_size=tc.mcmc_step_size, temperature=tc.mcmc_temperature, prior=tc.mcmc_prior,
+            rng=rng, device=device,
+        )
+        with torch.no_grad():
+            return meg.generator(res.z)
+
+    bar = None
+    if progress and dd.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tc.steps, initial=step, desc=cfg.name, dynamic_ncols=True)
+
+    def save_checkpoint() -> None:
+        if dd.main:
+            torch.save(
+                {"config": cfg.to_dict(), "step": step, "opt_e": opt_e.state_dict(),
+                 "opt_g": opt_g.state_dict(), "modules": {k: m.state_dict() for k, m in mods.items()}},
+                ckpt_path,
+            )
+
+    last: dict[str, float] = {}
+    history: list[dict[str, float]] = []
+    deadline = t0 + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
+    while step < tc.steps and time.time() < deadline:
+        # ---- energy: lower E on data, raise it on samples, zero-centred penalty on data
+        for _ in range(tc.n_critic):
+            x_real = batch()
+            x_fake = negatives(tc.batch_size)
+            penalty, e_real = losses.gradient_penalty(meg.energy, x_real)
+            e_fake = meg.energy(x_fake)
+            loss_e = losses.energy_loss(e_real, e_fake, penalty, tc.gp_weight)
+            opt_e.zero_grad(set_to_none=True)
+            loss_e.backward()
+            average_grads([meg.energy], dd)
+            opt_e.step()
+
+        # ---- generator: lower E(G(z)) while keeping z recoverable from G(z) (entropy)
+        z = prior(tc.batch_size)
+        x_gen = meg.generator(z)  # (B, D)
+        e_gen = meg.energy(x_gen)
+        if meg.statistics is not None:
+            perm = torch.randperm(z.shape[0], device=device, generator=rng)
+            mi = losses.jsd_mi_loss(meg.statistics(x_gen, z), meg.statistics(x_gen, z[perm]))
+            # The encoder still learns to invert G (on detached samples) for /encode.
+            mi_aux = losses.encoder_mi_loss(z, meg.encoder(x_gen.detach()))
+        else:
+            mi = losses.encoder_mi_loss(z, meg.encoder(x_gen))
+            mi_aux = torch.zeros((), device=device)
+        loss_g = losses.generator_loss(e_gen, mi, tc.entropy_weight) + mi_aux
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        average_grads([m for k, m in mods.items() if k != "energy"], dd)
+        opt_g.step()
+        step += 1
+
+        if step % tc.log_every == 0 or step == tc.steps:
+            last = {
+                "loss_energy": loss_e.item(), "loss_generator": loss_g.item(),
+                "penalty": penalty.item(), "mi_loss": mi.item(),
+                "energy_gap": (e_real.mean() - e_fake.mean()).item(),
+                "energy_real": e_real.mean().item(), "energy_fake": e_fake.mean().item(),
+            }
+            history.append({"step": step, **last})
+            if writer is not None:
+                for k, v in last.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+            if bar is not None:
+                bar.set_postfix(E=f"{last['loss_energy']:.3f}", G=f"{last['loss_generator']:.3f}",
+                                gap=f"{last['energy_gap']:.3f}", mi=f"{last['mi_loss']:.3f}")
+        if bar is not None:
+            bar.update(1)
+        if dd.main and tc.eval_every and step % tc.eval_every == 0:
+            m = _evaluate(meg, data, device)
+            if writer is not None:
+                for k, v in m.items():
+                    writer.add_scalar(f"eval/{k}", v, step)
+        if dd.main and tc.preview_every and step % tc.preview_every == 0:
+            _preview(meg, data, device, run_dir / "previews" / f"step_{step:07d}.png")
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+            save_checkpoint()
+    if bar is not None:
+        bar.close()
+    save_checkpoint()
+
+    metrics: dict[str, Any] = {}
+    bundle_dir = None
+    if dd.main:
+        metrics = _evaluate(meg, data, device)
+        metrics.update({"steps": step, "train_seconds": round(time.time() - t0, 2)})
+        if writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, int | float):
+                    writer.add_scalar(f"eval/{k}", v, step)
+            writer.close()
+        _preview(meg, data, device, run_dir / "previews" / "final.png")
+        if out is not None:
+            export_bundle(meg, cfg.to_dict(), data, metrics, Path(out), seed=tc.seed)
+            bundle_dir = Path(out)
+        (run_dir / "metrics.json").write_text(
+            json.dumps({"final": metrics, "history": history}, indent=2)
+        )
+    if dd.world > 1:
+        dist.barrier()
+    return TrainResult(run_dir, bundle_dir, metrics, step, time.time() - t0)
+
+
+def _numpy_fns(meg: MEG, device: torch.device):
+    def energy_np(x: np.ndarray) -> np.ndarray:
+        return batched(meg.energy, x, device)
+
+    def sample_np(n: int) -> np.ndarray:
+        with torch.no_grad():
+            z = torch.randn(n, meg.generator.cfg.latent_dim, device=device,
+                            generator=torch.Generator(device=device).manual_seed(12345))
+            return meg.generator(z).cpu().numpy()
+
+    return energy_np, sample_np
+
+
+def _evaluate(meg: MEG, data: Dataset, device: torch.device) -> dict[str, Any]:
+    for m in meg.modules().values():
+        m.eval()
+    energy_np, sample_np = _numpy_fns(meg, device)
+    out = evaluate(data, energy_np, sample_np)
+    for m in meg.modules().values():
+        m.train()
+    return out
+
+
+def _preview(meg: MEG, data: Dataset, device: torch.device, path: Path) -> None:
+    energy_np, sample_np = _numpy_fns(meg, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(preview_png(data.spec, sample_np(256), energy_np, data.val[:2000]))
