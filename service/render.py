@@ -34,7 +34,7 @@ def image_grid(samples: np.ndarray, shape: list[int], value_range: list[float] |
         )
     arr = (grid * 255).astype(np.uint8)
     pil = Image.fromarray(arr[:, :, 0] if c == 1 else arr[:, :, :3])
-    return _png(pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST))
+    return _png(pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST))
 
 
 def _viridis_like(t: np.ndarray) -> np.ndarray:
@@ -60,7 +60,7 @@ def scatter_over_energy(samples: np.ndarray, energy_fn: Callable[[np.ndarray], n
     e = energy_fn(np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)).reshape(res, res)
     # Rank-normalise so a few huge energies far away do not flatten the picture.
     ranks = e.ravel().argsort().argsort().reshape(res, res) / (e.size - 1)
-    img = Image.fromarray(_viridis_like(ranks)).resize((size, size), Image.BILINEAR)
+    img = Image.fromarray(_viridis_like(ranks)).resize((size, size), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(img)
 
     def to_px(p: np.ndarray) -> np.ndarray:

@@ -123,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from service.bundle import BundleError
     from training.config import ConfigError
+    from training.data.files import DataError
 
     try:
         return int(args.fn(args))
-    except (ConfigError, BundleError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, BundleError, DataError, FileNotFoundError, ValueError) as e:
         print(f"meg {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

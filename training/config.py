@@ -6,7 +6,6 @@ overrides any field. The resolved config is stored in checkpoints and bundle man
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -60,6 +59,8 @@ class TrainConfig:
     mcmc_step_size: float = 0.01
     mcmc_temperature: float = 1.0
     mcmc_prior: bool = True
+    eval_mcmc_steps: int = 0  # toys: also report sample metrics after latent MALA
+    eval_mcmc_temperature: float = 1.0
     max_minutes: float = 0.0  # stop early after this wall time (0: no limit)
     log_every: int = 50
     eval_every: int = 0  # 0: only at the end
@@ -172,7 +173,3 @@ def _same_kind(current: Any, value: Any) -> bool:
     if isinstance(current, bool) or isinstance(value, bool):
         return isinstance(current, bool) and isinstance(value, bool)
     return isinstance(value, type(current))
-
-
-def replace(cfg: Any, **changes: Any) -> Any:
-    return dataclasses.replace(cfg, **changes)

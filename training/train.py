@@ -28,8 +28,9 @@ from service.bundle import valid_name
 from service.mala import sample_latent
 from service.render import preview_png
 from training import losses
-from training.config import DataConfig, RecipeConfig
+from training.config import DataConfig, RecipeConfig, TrainConfig
 from training.data import Dataset
+from training.data.toys import toy_metrics
 from training.evaluate import batched, evaluate
 from training.export import export_bundle
 from training.model import MEG, build_meg
@@ -279,9 +280,9 @@ def train(
         if bar is not None:
             bar.update(1)
         if dd.main and tc.eval_every and step % tc.eval_every == 0:
-            m = _evaluate(meg, data, device)
+            periodic = _evaluate(meg, data, device, tc)
             if writer is not None:
-                for k, v in m.items():
+                for k, v in periodic.items():
                     writer.add_scalar(f"eval/{k}", v, step)
         if dd.main and tc.preview_every and step % tc.preview_every == 0:
             _preview(meg, data, device, run_dir / "previews" / f"step_{step:07d}.png")
@@ -294,7 +295,7 @@ def train(
     metrics: dict[str, Any] = {}
     bundle_dir = None
     if dd.main:
-        metrics = _evaluate(meg, data, device)
+        metrics = _evaluate(meg, data, device, tc)
         metrics.update({"steps": step, "train_seconds": round(time.time() - t0, 2)})
         if writer is not None:
             for k, v in metrics.items():
@@ -326,11 +327,22 @@ def _numpy_fns(meg: MEG, device: torch.device):
     return energy_np, sample_np
 
 
-def _evaluate(meg: MEG, data: Dataset, device: torch.device) -> dict[str, Any]:
+def _evaluate(meg: MEG, data: Dataset, device: torch.device, tc: TrainConfig) -> dict[str, Any]:
     for m in meg.modules().values():
         m.eval()
     energy_np, sample_np = _numpy_fns(meg, device)
     out = evaluate(data, energy_np, sample_np)
+    if tc.eval_mcmc_steps > 0 and data.spec.kind == "points":
+        res = sample_latent(
+            meg.generator, meg.energy, 2500, meg.generator.cfg.latent_dim, tc.eval_mcmc_steps,
+            step_size=tc.mcmc_step_size, temperature=tc.eval_mcmc_temperature, adapt=True,
+            rng=torch.Generator(device=device).manual_seed(12345), device=device,
+        )
+        with torch.no_grad():
+            samples = meg.generator(res.z).cpu().numpy()
+        out.update({f"mala_{k}": v for k, v in toy_metrics(data.name, samples).items()})
+        out["mala_acceptance"] = float(res.acceptance.mean())
+        out["mala_step_size"] = res.step_size
     for m in meg.modules().values():
         m.train()
     return out
