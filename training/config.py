@@ -50,6 +50,7 @@ class TrainConfig:
     batch_size: int = 256
     n_critic: int = 5  # energy steps per generator step
     lr: float = 1e-4
+    lr_schedule: str = "constant"  # constant | linear (decay to 0 at the last step)
     beta1: float = 0.5
     beta2: float = 0.9
     gp_weight: float = 0.1  # λ of the zero-centred gradient penalty on real data

@@ -134,6 +134,15 @@ def resolve_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------- the loop
 
 
+def learning_rate(tc: TrainConfig, step: int) -> float:
+    """The learning rate at `step`: stateless, so resuming needs no scheduler state."""
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    if tc.lr_schedule == "linear":
+        return tc.lr * max(0.0, 1.0 - step / max(tc.steps, 1))
+    raise ValueError(f"train.lr_schedule {tc.lr_schedule!r}: use constant or linear")
+
+
 def train(
     cfg: RecipeConfig,
     out: Path | None,
@@ -232,6 +241,10 @@ def train(
     history: list[dict[str, float]] = []
     deadline = t0 + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
     while step < tc.steps and time.time() < deadline:
+        lr = learning_rate(tc, step)
+        for opt in (opt_e, opt_g):
+            for group in opt.param_groups:
+                group["lr"] = lr
         # ---- energy: lower E on data, raise it on samples, zero-centred penalty on data
         for _ in range(tc.n_critic):
             x_real = batch()

@@ -122,7 +122,7 @@ def test_calibration_and_threshold_agree():
 
 def test_export_replaces_a_bundle_atomically(bundles, tmp_path):
     """Re-exporting over an existing bundle leaves a complete bundle and no temp dirs."""
-    from conftest import train_tiny
+    from megtest import train_tiny
 
     out = tmp_path / "models" / "toy"
     train_tiny("25gaussians", out, ["data.n=500", "train.steps=2"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, make_table
+from megtest import TINY, make_table
 
 from training.config import apply_overrides, load_recipe
 from training.train import CHECKPOINT, train
@@ -102,7 +102,7 @@ def test_two_process_data_parallel(tmp_path):
     script.write_text(
         "import sys, hashlib, torch\n"
         "import torch.distributed as dist\n"
-        "from conftest import TINY\n"
+        "from megtest import TINY\n"
         "from training.config import apply_overrides, load_recipe\n"
         "import training.train as T\n"
         "cfg = apply_overrides(load_recipe('25gaussians'), TINY + ['data.n=1000', 'train.steps=6'])\n"
