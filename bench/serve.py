@@ -1,0 +1,304 @@
+"""Model-server benchmark: ratios measured side by side in one run (not a test).
+
+    .venv/bin/python bench/serve.py [--bundle models/digits] [--quick]
+
+1. /sample n=4096 over HTTP (a real uvicorn subprocess on loopback; JSON and binary
+   bodies) against the same ONNX session called in-process (goal: in-process time /
+   HTTP time >= 0.8).
+2. 64 concurrent clients sending single-row /energy: batching on against off
+   (throughput ratio).
+3. MALA: service.mala.mala against a plain implementation that recomputes the current
+   state's energy and gradient every step (goal: >= 1.8x).
+4. ONNX Runtime generator against torch eager (the .pt2 module), batch 1 and 4096.
+
+Prints machine info and a table; writes JSON to bench/results/serve.json. Trains nothing:
+it needs a bundle (default models/digits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service import bundle as B  # noqa: E402
+from service.mala import energy_and_grad, latent_energy, mala  # noqa: E402
+from service.models import choose_providers, session_options  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+
+def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of `fn` in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "onnxruntime": ort.__version__,
+        "ort_providers": ort.get_available_providers(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+# --------------------------------------------------------------------------- server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(bundle: Path, **env: str) -> Iterator[str]:
+    """A real `uvicorn service.main:app` on loopback serving `bundle`; SIGTERM at exit."""
+    port = _free_port()
+    full_env = {**os.environ, "MEG_MODELS_DIR": str(bundle), "MEG_LOG_LEVEL": "WARNING",
+                "MEG_MAX_SAMPLES": "100000", **env}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--host",
+                             "127.0.0.1", "--port", str(port), "--no-access-log"],
+                            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("server not ready after 120 s")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# --------------------------------------------------------------------------- 1. HTTP vs in-process
+
+
+def bench_http_sample(bundle: Path, n: int, repeats: int) -> dict[str, Any]:
+    man = B.read_manifest(bundle, verify=False)
+    settings = Settings()
+    sess = ort.InferenceSession(str(bundle / B.GENERATOR_ONNX), sess_options=session_options(settings),
+                                providers=choose_providers(settings.device))
+
+    def in_process() -> None:
+        z = np.random.default_rng(0).standard_normal((n, man.latent_dim), dtype=np.float32)
+        sess.run(None, {"z": z})
+
+    t_inproc = timeit(in_process, repeats, warmup=2)
+    with server(bundle) as base, httpx.Client(base_url=base, timeout=120) as c:
+        req = {"model": bundle.name, "n": n, "seed": 0}
+
+        def http_json() -> None:
+            r = c.post("/sample", json=req)
+            r.raise_for_status()
+            r.json()
+
+        def http_binary() -> None:
+            r = c.post("/sample", json=req, headers={"Accept": "application/octet-stream"})
+            r.raise_for_status()
+            np.frombuffer(r.content, dtype="<f4")
+
+        t_json = timeit(http_json, repeats, warmup=2)
+        t_bin = timeit(http_binary, repeats, warmup=2)
+    return {"n": n, "in_process_s": t_inproc, "http_json_s": t_json, "http_binary_s": t_bin,
+            "ratio_json": t_inproc / t_json, "ratio_binary": t_inproc / t_bin}
+
+
+# --------------------------------------------------------------------------- 2. batching
+
+
+async def _energy_load(base: str, dim: int, clients: int, per_client: int) -> float:
+    row = [[0.1] * dim]
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as c:
+        async def one_client() -> None:
+            for _ in range(per_client):
+                r = await c.post("/energy", json={"inputs": row})
+                r.raise_for_status()
+
+        await asyncio.gather(*(one_client() for _ in range(2)))  # warm connections
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        return clients * per_client / (time.perf_counter() - t0)
+
+
+def bench_batching(bundle: Path, clients: int, per_client: int) -> dict[str, Any]:
+    dim = B.read_manifest(bundle, verify=False).data.dim
+    out: dict[str, Any] = {"clients": clients, "requests": clients * per_client}
+    for label, env in (("on", {}), ("off", {"MEG_MAX_BATCH_SIZE": "1"})):
+        with server(bundle, **env) as base:
+            out[f"rps_{label}"] = asyncio.run(_energy_load(base, dim, clients, per_client))
+    out["ratio"] = out["rps_on"] / out["rps_off"]
+    return out
+
+
+# --------------------------------------------------------------------------- 3. MALA
+
+
+def plain_mala(z: torch.Tensor, energy_fn: Callable[[torch.Tensor], torch.Tensor], step_size: float,
+               n_steps: int, generator: torch.Generator) -> torch.Tensor:
+    """Reference MALA without caching: every step recomputes U and grad U of the current
+    state as well as of the proposal (two forward and two backward passes)."""
+    eps = step_size
+    for _ in range(n_steps):
+        u, g = energy_and_grad(energy_fn, z)
+        prop = z - eps * g + math.sqrt(2 * eps) * torch.randn(z.shape, generator=generator)
+        u_p, g_p = energy_and_grad(energy_fn, prop)
+        fwd = -(prop - z + eps * g).pow(2).sum(1) / (4 * eps)
+        rev = -(z - prop + eps * g_p).pow(2).sum(1) / (4 * eps)
+        log_alpha = torch.nan_to_num(u - u_p + rev - fwd, nan=-math.inf)
+        accept = torch.log(torch.rand(z.shape[0], generator=generator)) < log_alpha
+        z = torch.where(accept[:, None], prop, z)
+    return z
+
+
+def bench_mala(bundle: Path, chains: int, steps: int, repeats: int) -> dict[str, Any]:
+    man = B.read_manifest(bundle, verify=False)
+    gen = torch.export.load(str(bundle / B.GENERATOR_PT2)).module()
+    energy = torch.export.load(str(bundle / B.ENERGY_PT2)).module()
+    u = latent_energy(gen, energy)
+    z0 = torch.randn(chains, man.latent_dim, generator=torch.Generator().manual_seed(0))
+    def ours() -> None:
+        mala(z0, u, 0.01, steps, torch.Generator().manual_seed(1))
+
+    def plain() -> None:
+        plain_mala(z0, u, 0.01, steps, torch.Generator().manual_seed(1))
+
+    # The first autograd passes through a freshly loaded program are slow (lazy init):
+    # warm both before timing either.
+    ours()
+    plain()
+    t_ours = timeit(ours, repeats)
+    t_plain = timeit(plain, repeats)
+    return {"chains": chains, "steps": steps, "ours_s": t_ours, "plain_s": t_plain,
+            "speedup": t_plain / t_ours}
+
+
+# --------------------------------------------------------------------------- 4. ONNX vs torch
+
+
+def bench_onnx_vs_torch(bundle: Path, repeats: int) -> dict[str, Any]:
+    man = B.read_manifest(bundle, verify=False)
+    settings = Settings()
+    sess = ort.InferenceSession(str(bundle / B.GENERATOR_ONNX), sess_options=session_options(settings),
+                                providers=choose_providers(settings.device))
+    gen = torch.export.load(str(bundle / B.GENERATOR_PT2)).module()
+    out: dict[str, Any] = {}
+    for batch in (1, 4096):
+        z = np.random.default_rng(0).standard_normal((batch, man.latent_dim), dtype=np.float32)
+        zt = torch.from_numpy(z)
+        reps = repeats * (20 if batch == 1 else 1)
+        t_onnx = timeit(lambda z=z: sess.run(None, {"z": z}), reps, warmup=3)
+
+        def torch_call(zt: torch.Tensor = zt) -> None:
+            with torch.no_grad():
+                gen(zt)
+
+        t_torch = timeit(torch_call, reps, warmup=3)
+        out[f"batch_{batch}"] = {"onnx_s": t_onnx, "torch_s": t_torch, "speedup": t_torch / t_onnx}
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path, default=ROOT / "models" / "digits")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    p.add_argument("--n", type=int, default=4096, help="samples per /sample request")
+    p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--per-client", type=int, default=20, help="/energy requests per client")
+    p.add_argument("--chains", type=int, default=256)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    args = p.parse_args(argv)
+    bundle = args.bundle.resolve()
+    if not (bundle / B.MANIFEST).is_file():
+        print(f"no bundle at {bundle}: train one (`meg train digits --out models/digits`) or "
+              "pass --bundle PATH", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.repeats, args.per_client, args.steps = 2, 5, 10
+
+    info = machine_info()
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print(f"bundle: {bundle}")
+    results: dict[str, Any] = {"machine": info, "bundle": str(bundle),
+                               "version": B.read_manifest(bundle, verify=False).version}
+    results["http_sample"] = bench_http_sample(bundle, args.n, args.repeats)
+    results["batching"] = bench_batching(bundle, args.clients, args.per_client)
+    results["mala"] = bench_mala(bundle, args.chains, args.steps, args.repeats)
+    results["onnx_vs_torch"] = bench_onnx_vs_torch(bundle, args.repeats)
+
+    h, bt, m, o = (results[k] for k in ("http_sample", "batching", "mala", "onnx_vs_torch"))
+    rows = [
+        ("1 /sample n={} in-process vs HTTP JSON".format(h["n"]),
+         f"{h['in_process_s'] * 1e3:.1f} ms vs {h['http_json_s'] * 1e3:.1f} ms", h["ratio_json"], ">= 0.8"),
+        ("1 /sample in-process vs HTTP binary",
+         f"{h['in_process_s'] * 1e3:.1f} ms vs {h['http_binary_s'] * 1e3:.1f} ms", h["ratio_binary"], ">= 0.8"),
+        (f"2 /energy x{bt['clients']} clients batching on/off",
+         f"{bt['rps_on']:.0f} vs {bt['rps_off']:.0f} req/s", bt["ratio"], "> 1"),
+        (f"3 MALA plain/ours ({m['chains']} chains x {m['steps']} steps)",
+         f"{m['plain_s'] * 1e3:.1f} ms vs {m['ours_s'] * 1e3:.1f} ms", m["speedup"], ">= 1.8"),
+    ] + [
+        (f"4 generator torch/ONNX {k.replace('_', ' ')}",
+         f"{v['torch_s'] * 1e6:.0f} us vs {v['onnx_s'] * 1e6:.0f} us", v["speedup"], "")
+        for k, v in o.items()
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'measure'.ljust(width)}  {'times':<28} {'ratio':>7}  goal")
+    for name, times, ratio, goal in rows:
+        print(f"{name.ljust(width)}  {times:<28} {ratio:7.2f}  {goal}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

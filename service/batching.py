@@ -1,0 +1,225 @@
+"""Dynamic batching, in the manner of Triton's dynamic batcher.
+
+Concurrent requests for the same model and operation wait in a bounded queue; a worker
+task takes the oldest, keeps collecting until the batch holds `max_batch_size` rows or
+`max_delay` has passed since that oldest request arrived, runs one inference call in the
+thread pool and hands every request its own slice of the result. A request is never
+split, so one larger than `max_batch_size` runs alone. Rows are independent through the
+networks, so batching never changes a result (tests check it row for row).
+
+Full queue -> 503 with Retry-After; a request still waiting at its deadline -> 504.
+With `max_batch_size == 1` or `max_delay == 0` batching is off: each request is its own
+call (still bounded by `queue_size` requests in flight and by the deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import ApiError
+from service.metrics import Metrics
+
+log = logging.getLogger("service.batching")
+
+InferFn = Callable[[np.ndarray], np.ndarray]
+
+
+class QueueFullError(ApiError):
+    def __init__(self, model: str, op: str, retry_after_s: int = 1):
+        super().__init__(503, "queue_full", f"too many queued {op} requests for model {model!r}; "
+                         "retry later", None, {"Retry-After": str(retry_after_s)})
+
+
+class DeadlineError(ApiError):
+    def __init__(self, what: str = "request"):
+        super().__init__(504, "timeout", f"{what} did not finish before its deadline")
+
+
+class ShuttingDownError(ApiError):
+    def __init__(self) -> None:
+        super().__init__(503, "shutting_down", "server is shutting down", None, {"Retry-After": "1"})
+
+
+@dataclass
+class _Item:
+    x: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    enqueued: float  # loop.time()
+    deadline: float  # loop.time()
+
+
+class DynamicBatcher:
+    """One queue and worker for one (model, op). Create and use it on the event loop."""
+
+    def __init__(self, model: str, op: str, fn: InferFn, *, max_batch_size: int,
+                 max_delay_s: float, queue_size: int, executor: Executor, metrics: Metrics,
+                 backend: str = "onnxruntime"):
+        self.model, self.op, self.fn = model, op, fn
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.queue_size = queue_size
+        self.executor = executor
+        self.metrics = metrics
+        self.backend = backend
+        self.enabled = max_batch_size > 1 and max_delay_s > 0
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._rows = 0  # rows waiting in _queue
+        self._in_flight = 0  # unbatched mode: calls running
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._worker: asyncio.Task[None] | None = None
+        self._depth = metrics.queue_depth.labels(model=model, op=op)
+        self._wait = metrics.queue_wait.labels(model=model, op=op)
+        self._batch = metrics.batch_size.labels(model=model, op=op)
+        self._infer = metrics.inference_duration.labels(model=model, op=op, backend=backend)
+
+    def _call(self, x: np.ndarray) -> np.ndarray:
+        """The inference call, in a pool thread; metrics observed here."""
+        t0 = time.perf_counter()
+        out = self.fn(x)
+        self._infer.observe(time.perf_counter() - t0)
+        self._batch.observe(len(x))
+        return out
+
+    async def submit(self, x: np.ndarray, deadline: float) -> np.ndarray:
+        """Run `fn` on rows `x` (as part of a batch) and return this request's rows.
+        `deadline` is in loop.time() seconds."""
+        if self._closing:
+            raise ShuttingDownError()
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise DeadlineError()
+        if not self.enabled:
+            return await self._submit_direct(x, remaining)
+        if len(self._queue) >= self.queue_size:
+            raise QueueFullError(self.model, self.op)
+        item = _Item(x, loop.create_future(), loop.time(), deadline)
+        self._queue.append(item)
+        self._rows += len(x)
+        self._depth.set(len(self._queue))
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name=f"batcher-{self.model}-{self.op}")
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(item.future, remaining)
+        except TimeoutError:
+            raise DeadlineError() from None
+
+    async def _submit_direct(self, x: np.ndarray, remaining: float) -> np.ndarray:
+        if self._in_flight >= self.queue_size:
+            raise QueueFullError(self.model, self.op)
+        self._in_flight += 1
+        self._depth.inc()
+        try:
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(self.executor, self._call, x)
+            self._wait.observe(0.0)
+            return await asyncio.wait_for(fut, remaining)
+        except TimeoutError:
+            raise DeadlineError() from None
+        finally:
+            self._in_flight -= 1
+            self._depth.dec()
+
+    def _take_batch(self, now: float) -> list[_Item]:
+        batch: list[_Item] = []
+        rows = 0
+        while self._queue:
+            item = self._queue[0]
+            if item.future.done():  # the caller gave up (deadline) while queued
+                self._queue.popleft()
+                self._rows -= len(item.x)
+                continue
+            if batch and rows + len(item.x) > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._rows -= len(item.x)
+            if now >= item.deadline:
+                item.future.set_exception(DeadlineError())
+                continue
+            self._wait.observe(now - item.enqueued)
+            batch.append(item)
+            rows += len(item.x)
+        self._depth.set(len(self._queue))
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # Collect until full or the oldest request has waited max_delay.
+            flush_at = self._queue[0].enqueued + self.max_delay_s
+            while self._rows < self.max_batch_size and not self._closing:
+                timeout = flush_at - loop.time()
+                if timeout <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                except TimeoutError:
+                    break
+            batch = self._take_batch(loop.time())
+            if not batch:
+                continue
+            x = batch[0].x if len(batch) == 1 else np.concatenate([b.x for b in batch])
+            try:
+                out = await loop.run_in_executor(self.executor, self._call, x)
+            except Exception as e:  # hand the failure to every caller of this batch
+                log.exception("batch of %d rows failed (%s/%s)", len(x), self.model, self.op)
+                for b in batch:
+                    if not b.future.done():
+                        b.future.set_exception(e)
+                continue
+            start = 0
+            for b in batch:
+                end = start + len(b.x)
+                if not b.future.done():
+                    b.future.set_result(out[start:end])
+                start = end
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Refuse new requests, let queued and running ones finish, stop the worker."""
+        self._closing = True
+        self._wakeup.set()
+        if self._worker is not None:
+            try:
+                await asyncio.wait_for(self._worker, timeout)
+            except TimeoutError:
+                self._worker.cancel()
+        deadline = time.monotonic() + timeout
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+
+class BatcherPool:
+    """The batchers, one per (model, version, op), created on first use."""
+
+    def __init__(self, *, max_batch_size: int, max_delay_s: float, queue_size: int,
+                 executor: Executor, metrics: Metrics):
+        self.kw = dict(max_batch_size=max_batch_size, max_delay_s=max_delay_s,
+                       queue_size=queue_size, executor=executor, metrics=metrics)
+        self._batchers: dict[tuple[str, str, str], DynamicBatcher] = {}
+
+    def get(self, model: str, version: str, op: str, fn: InferFn) -> DynamicBatcher:
+        key = (model, version, op)
+        b = self._batchers.get(key)
+        if b is None:
+            b = self._batchers[key] = DynamicBatcher(model, op, fn, **self.kw)  # type: ignore[arg-type]
+        return b
+
+    async def close(self, timeout: float = 30.0) -> None:
+        await asyncio.gather(*(b.close(timeout) for b in self._batchers.values()))

@@ -1,0 +1,102 @@
+"""One error shape for every failure: ``{"error": {"code", "message", "field"}}``.
+
+FastAPI's own validation and HTTP errors are re-shaped here; anything unexpected goes
+through a last-resort handler that logs the traceback and answers 500 in the same shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("service.errors")
+
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+    422: "validation_error", 429: "too_many_requests", 500: "internal_error",
+    503: "unavailable", 504: "timeout",
+}
+
+
+class ApiError(Exception):
+    """An error the client should see: HTTP status, stable machine code, message, field."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+
+
+def _loc_to_field(loc: Any) -> str | None:
+    """('body', 'inputs', 3, 1) -> 'inputs[3][1]'; drops pydantic's union-branch tags."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif isinstance(p, str) and ("[" in p or p.startswith("function-")):
+            continue  # e.g. 'list[float]' or 'function-after[...]' union tags
+        else:
+            out += f".{p}" if out else str(p)
+    return out or None
+
+
+async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    first: dict[str, Any] = (dict(errors[0]) if errors else
+                             {"type": "value_error", "msg": "invalid request", "loc": ()})
+    # Malformed JSON is 400 (the body is not a JSON document at all); a well-formed body
+    # that does not fit the schema is 422.
+    if first.get("type") == "json_invalid":
+        ctx = first.get("ctx") or {}
+        detail = ctx.get("error", "invalid JSON")
+        return error_response(400, "invalid_json", f"request body is not valid JSON: {detail}")
+    field = _loc_to_field(first.get("loc", ()))
+    msg = str(first.get("msg", "invalid value"))
+    if len(errors) > 1:
+        msg += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return error_response(422, "validation_error", f"{field}: {msg}" if field else msg, field)
+
+
+async def _http_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+
+async def _api_handler(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+
+
+async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error: %s", type(exc).__name__)
+    return error_response(500, "internal_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the error-shape handlers on `app`."""
+    app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, _api_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unhandled_handler)

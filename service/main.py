@@ -1,0 +1,75 @@
+"""The FastAPI application. `uvicorn service.main:app` serves the module-level `app`
+(settings from the environment); tests and `meg serve` call `create_app(settings)`.
+
+Run ONE process per replica (no `--workers`): batch queues and metrics live in the
+process, so scale out with replicas behind a load balancer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import torch
+from fastapi import FastAPI
+
+from service.api import api, probes
+from service.core import Service
+from service.errors import install_error_handlers
+from service.logs import setup_logging
+from service.metrics import Metrics
+from service.middleware import RequestMiddleware
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("service.main")
+
+DESCRIPTION = """Serve Maximum Entropy Generator bundles: sample, score energies, flag
+anomalies, encode. Errors are `{"error": {"code", "message", "field"}}`. See docs/service.md."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Bundles load in the lifespan (before the first request is served);
+    with none present the server still starts and a background task keeps polling."""
+    settings = settings or get_settings()
+    setup_logging(settings.log_level)
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        service = Service(settings, metrics)
+        app.state.service = service
+        log.info("loading bundles from %s", settings.models_dir)
+        await service.load()
+        service.started = True
+        if not service.registry.models:
+            log.warning("no bundle loaded from %s; polling every %.1fs", settings.models_dir,
+                        settings.poll_interval_s)
+        poller = asyncio.create_task(service.poll(), name="meg-poll-models")
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and waited for in-flight requests (up to
+            # timeout_graceful_shutdown); drain what is still queued, then stop.
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            await service.close()
+            log.info("shut down")
+
+    app = FastAPI(title="meg model server", version="0.1.0", description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(probes)
+    app.include_router(api)
+    app.add_middleware(RequestMiddleware, metrics=metrics,  # type: ignore[arg-type]
+                       max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+app = create_app()

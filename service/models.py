@@ -1,0 +1,258 @@
+"""Loaded bundles: ONNX Runtime sessions for the feed-forward paths (generate, energy,
+encode) and the torch.export programs for everything that needs gradients (MALA,
+explanations). `ModelRegistry` scans the models directory, loads and warms up every
+bundle, and keeps the ones that fail out of the way (reported by name)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from service import bundle as B
+from service.mala import sample_latent
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("service.models")
+
+OPS = ("generate", "energy", "encode")
+ONNX_FILES = {"generate": B.GENERATOR_ONNX, "energy": B.ENERGY_ONNX, "encode": B.ENCODER_ONNX}
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+
+
+class DeadlineExceeded(Exception):
+    """Raised inside a pool thread when blocking work outlives its request."""
+
+
+def choose_providers(device: str) -> list[str]:
+    """ORT execution providers for `device` (auto|cpu|cuda): CUDA first when the installed
+    onnxruntime has it and the device allows, CPU always as the fallback."""
+    available = ort.get_available_providers()
+    if device in ("auto", "cuda") and CUDA_EP in available:
+        return [CUDA_EP, CPU_EP]
+    if device == "cuda":
+        log.warning("MEG_DEVICE=cuda but onnxruntime has no CUDAExecutionProvider; using CPU")
+    return [CPU_EP]
+
+
+def choose_torch_device(device: str) -> torch.device:
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if device == "cuda":
+        log.warning("MEG_DEVICE=cuda but torch sees no CUDA device; using CPU")
+    return torch.device("cpu")
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    if settings.ort_threads:
+        opts.intra_op_num_threads = settings.ort_threads
+    opts.inter_op_num_threads = 1
+    # Several sessions and torch share a few cores: spinning pools would burn CPU that
+    # another pool needs, so idle ORT threads sleep instead.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
+@dataclass
+class LoadedModel:
+    """One servable bundle. All methods are blocking and thread-safe: call them from the
+    inference thread pool, never on the event loop."""
+
+    name: str
+    path: Path
+    manifest: B.Manifest
+    sessions: dict[str, ort.InferenceSession]
+    torch_device: torch.device
+    generator_pt: Any  # torch.export module: z (B, latent) -> x (B, data_dim)
+    energy_pt: Any  # torch.export module: x (B, data_dim) -> energy (B,)
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.data.kind
+
+    @property
+    def data_dim(self) -> int:
+        return self.manifest.data.dim
+
+    @property
+    def latent_dim(self) -> int:
+        return self.manifest.latent_dim
+
+    @property
+    def providers(self) -> list[str]:
+        """Providers actually in use (ORT may drop CUDA if the GPU cannot be used)."""
+        return list(self.sessions["generate"].get_providers())
+
+    @property
+    def device(self) -> str:
+        return "cuda" if CUDA_EP in self.providers or self.torch_device.type == "cuda" else "cpu"
+
+    def input_dim(self, op: str) -> int:
+        return self.latent_dim if op == "generate" else self.data_dim
+
+    def infer(self, op: str, x: np.ndarray) -> np.ndarray:
+        """One ONNX Runtime call: generate z->x, energy x->(B,), encode x->z."""
+        inp, _ = B.ONNX_NAMES[ONNX_FILES[op]]
+        return self.sessions[op].run(None, {inp: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def torch_energy_and_grad(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """E(x) (B,) and dE/dx (B, data_dim) from the torch program."""
+        xt = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.torch_device)
+        with torch.enable_grad():
+            xt = xt.detach().requires_grad_(True)
+            e = self.energy_pt(xt).reshape(xt.shape[0])
+            (g,) = torch.autograd.grad(e.sum(), xt)
+        return e.detach().cpu().numpy(), g.detach().cpu().numpy()
+
+    def torch_generate(self, z: np.ndarray) -> np.ndarray:
+        zt = torch.as_tensor(np.asarray(z, dtype=np.float32), device=self.torch_device)
+        with torch.no_grad():
+            return self.generator_pt(zt).cpu().numpy()
+
+    def sample_latent_mcmc(self, n: int, steps: int, step_size: float, temperature: float,
+                           prior: bool, adapt: bool, seed: int,
+                           deadline: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        """MALA in latent space (torch), seeded: (z (n, latent), acceptance (n,), step size).
+
+        `deadline` (time.monotonic()): past it the chain stops with DeadlineExceeded at its
+        next energy evaluation, so an abandoned request does not keep a thread busy."""
+        rng = torch.Generator(device=self.torch_device).manual_seed(seed)
+        energy = self.energy_pt
+        if deadline is not None:
+            def energy(x: torch.Tensor) -> torch.Tensor:
+                if time.monotonic() > deadline:
+                    raise DeadlineExceeded("MALA ran past the request deadline")
+                return self.energy_pt(x)
+
+        res = sample_latent(self.generator_pt, energy, n=n, latent_dim=self.latent_dim,
+                            n_steps=steps, step_size=step_size, temperature=temperature,
+                            prior=prior, adapt=adapt, rng=rng, device=self.torch_device)
+        return res.z.cpu().numpy(), res.acceptance.cpu().numpy(), float(res.step_size)
+
+    def warm_up(self) -> None:
+        """Run every path once so the first request pays no lazy initialisation."""
+        for op in OPS:
+            out = self.infer(op, np.zeros((2, self.input_dim(op)), dtype=np.float32))
+            if not np.all(np.isfinite(out)):
+                raise B.BundleError(f"{ONNX_FILES[op]}: non-finite output on warm-up")
+        self.torch_energy_and_grad(np.zeros((2, self.data_dim), dtype=np.float32))
+        self.torch_generate(np.zeros((2, self.latent_dim), dtype=np.float32))
+        self.sample_latent_mcmc(2, 1, 0.01, 1.0, True, False, 0)
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "kind": self.kind,
+                "data_dim": self.data_dim, "latent_dim": self.latent_dim,
+                "providers": self.providers, "device": self.device, "status": "ready"}
+
+
+def load_model(path: Path, settings: Settings, name: str | None = None) -> LoadedModel:
+    """Verify the manifest and checksums, open the ONNX sessions and torch programs, warm
+    everything up. Raises BundleError (or whatever ORT/torch raise) on failure."""
+    manifest = B.read_manifest(path, verify=True)
+    providers = choose_providers(settings.device)
+    opts = session_options(settings)
+    sessions = {}
+    for op, fname in ONNX_FILES.items():
+        try:
+            sessions[op] = ort.InferenceSession(str(path / fname), sess_options=opts,
+                                                providers=providers)
+        except Exception as e:  # ORT raises its own exception types
+            raise B.BundleError(f"{path / fname}: cannot load ONNX model ({e})") from e
+    device = choose_torch_device(settings.device)
+    programs = {}
+    for fname in (B.GENERATOR_PT2, B.ENERGY_PT2):
+        try:
+            # torch.export's own format (no pickle).
+            programs[fname] = torch.export.load(str(path / fname)).module().to(device)
+        except Exception as e:
+            raise B.BundleError(f"{path / fname}: cannot load torch program ({e})") from e
+    model = LoadedModel(name=name or path.name, path=path, manifest=manifest, sessions=sessions,
+                        torch_device=device, generator_pt=programs[B.GENERATOR_PT2],
+                        energy_pt=programs[B.ENERGY_PT2])
+    model.warm_up()
+    return model
+
+
+def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and mtimes of a bundle's files: a changed fingerprint means a failed
+    bundle is worth another try (e.g. it was still being copied)."""
+    try:
+        return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                            for e in os.scandir(path) if e.is_file()))
+    except OSError:
+        return ()
+
+
+class ModelRegistry:
+    """The models being served, the ones that failed, and how to find more."""
+
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.models: dict[str, LoadedModel] = {}
+        self.failed: dict[str, str] = {}
+        self._tried: dict[str, tuple[tuple[str, int, int], ...]] = {}
+        self._lock = threading.Lock()  # one scan at a time (start-up load vs poller)
+
+    def scan(self) -> list[str]:
+        """Load every bundle not loaded yet (and retry failed ones whose files changed).
+        Blocking; returns the names loaded by this call."""
+        loaded: list[str] = []
+        with self._lock:
+            for path in B.find_bundles(self.settings.models_dir):
+                name = path.name if B.valid_name(path.name) else None
+                if name is None:
+                    log.error("skipping bundle with an invalid directory name", extra={"bundle": path.name})
+                    continue
+                if name in self.models:
+                    continue
+                fp = _fingerprint(path)
+                if self._tried.get(name) == fp:
+                    continue  # failed before and nothing changed since
+                self._tried[name] = fp
+                t0 = time.perf_counter()
+                try:
+                    model = load_model(path, self.settings, name)
+                except Exception as e:
+                    self.failed = {**self.failed, name: f"{type(e).__name__}: {e}"}
+                    log.error("bundle %s failed to load: %s", name, e, extra={"bundle": name, "error": str(e)})
+                    continue
+                # Copy-on-write: request handlers iterate these dicts on the event loop
+                # while this runs in a pool thread; they always see a whole snapshot.
+                self.failed = {k: v for k, v in self.failed.items() if k != name}
+                self.models = {**self.models, name: model}
+                for provider in model.providers[:1]:
+                    self.metrics.model_info.labels(model=name, version=model.version,
+                                                   provider=provider, device=model.device).set(1)
+                loaded.append(name)
+                log.info("loaded bundle %s version %s on %s (%s) in %.2fs", name, model.version,
+                         model.device, ",".join(model.providers), time.perf_counter() - t0,
+                         extra={"bundle": name})
+        return loaded
+
+    @property
+    def default_name(self) -> str | None:
+        # An explicit MEG_DEFAULT_MODEL that is not loaded stays the default (requests
+        # without a model then get a clear 404) rather than silently serving another model.
+        if self.settings.default_model:
+            return self.settings.default_model
+        if "digits" in self.models:
+            return "digits"
+        return min(self.models) if self.models else None
