@@ -38,6 +38,17 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+# `curl -d '{...}'` sends application/x-www-form-urlencoded, and some clients send no
+# content type: both are read as JSON (the body must still parse as JSON). Any other
+# media type (text/plain, multipart/form-data, XML, ...) is refused with 415.
+_READ_AS_JSON = {"", "application/x-www-form-urlencoded"}
+
+
+def _as_json_scope(scope: Scope) -> Scope:
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+    return {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+
+
 class RequestMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int):
         self.app = app
@@ -91,10 +102,13 @@ class RequestMiddleware:
         self.metrics.in_flight.inc()
         try:
             if scope["method"] in _BODY_METHODS:
-                if not _is_json(headers.get("content-type", "")):
-                    await self._send_error(send_wrapper, 415, "unsupported_media_type",
-                                           "send the body as application/json")
-                    return
+                content_type = headers.get("content-type", "")
+                if not _is_json(content_type):
+                    if content_type.split(";", 1)[0].strip().lower() not in _READ_AS_JSON:
+                        await self._send_error(send_wrapper, 415, "unsupported_media_type",
+                                               "send the body as application/json")
+                        return
+                    scope = _as_json_scope(scope)
                 length = headers.get("content-length")
                 if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
                     if length.isdigit():

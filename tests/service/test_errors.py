@@ -44,9 +44,12 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str | None]] = [
     ("not-utf8", "POST", "/energy", b'\xff\xfe{"a"', JSON, 400, None),
     ("text-plain", "POST", "/energy", b'{"inputs": [[1, 2]]}', {"content-type": "text/plain"}, 415,
      None),
+    # curl's default form type is read as JSON, so a form body is malformed JSON.
     ("form", "POST", "/energy", b"inputs=1", {"content-type": "application/x-www-form-urlencoded"},
+     400, None),
+    ("xml", "POST", "/sample", b"<n>1</n>", {"content-type": "application/xml"}, 415, None),
+    ("multipart", "POST", "/sample", b"--x--", {"content-type": "multipart/form-data; boundary=x"},
      415, None),
-    ("no-content-type", "POST", "/sample", b'{"n": 1}', {}, 415, None),
     ("unknown-model", "POST", "/energy", {"model": "nope", "inputs": [[0, 0]]}, {}, 404, "model"),
     ("traversal-model", "POST", "/energy", {"model": "../toy", "inputs": [[0, 0]]}, {}, 422, "model"),
     ("slash-model", "POST", "/sample", {"model": "a/b", "n": 1}, {}, 422, "model"),
@@ -159,3 +162,11 @@ def test_last_resort_handler(client: TestClient, monkeypatch: pytest.MonkeyPatch
     assert r.json() == {"error": {"code": "internal_error", "message": "internal server error",
                                   "field": None}}
     assert "kaboom" not in r.text and r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("headers", [{"content-type": "application/x-www-form-urlencoded"}, {}])
+def test_curl_default_content_type_is_read_as_json(client: TestClient, headers: dict) -> None:
+    """`curl -X POST localhost:8000/sample -d '{"n": 4}'` (form type, or none) works."""
+    r = client.post("/sample", content=b'{"n": 4, "model": "toy"}', headers=headers)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["samples"]) == 4

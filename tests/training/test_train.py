@@ -3,6 +3,7 @@ estimator and latent MCMC paths run; 2-process data-parallel training agrees."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_two_process_data_parallel(tmp_path):
         "res = T.train(cfg, None, sys.argv[1], progress=False)\n"
         "flat = torch.cat([p.detach().flatten() for p in captured['meg'].energy.parameters()])\n"
         "digest = hashlib.sha256(flat.numpy().tobytes()).hexdigest()\n"
-        "print('RANK', dist.get_rank(), 'WORLD', dist.get_world_size(), 'STEPS', res.steps, 'HASH', digest)\n"
+        "print('RANK', dist.get_rank(), 'WORLD', dist.get_world_size(), 'STEPS', res.steps, 'HASH', digest, flush=True)\n"
         "dist.destroy_process_group()\n"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
@@ -125,8 +126,9 @@ def test_two_process_data_parallel(tmp_path):
         capture_output=True, text=True, timeout=240, env=env, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("RANK")]
-    assert sorted(ln[1] for ln in lines) == ["0", "1"]
-    assert all(ln[3] == "2" and ln[5] == "6" for ln in lines)
-    assert lines[0][7] == lines[1][7], "replicas diverged: gradients were not averaged"
+    # Ranks share one stdout, so lines may interleave: find the reports anywhere in it.
+    found = re.findall(r"RANK (\d) WORLD (\d) STEPS (\d+) HASH ([0-9a-f]{64})", proc.stdout)
+    assert sorted(r[0] for r in found) == ["0", "1"], proc.stdout[-2000:]
+    assert all(r[1] == "2" and r[2] == "6" for r in found)
+    assert found[0][3] == found[1][3], "replicas diverged: gradients were not averaged"
     assert (tmp_path / "run" / "metrics.json").is_file()
