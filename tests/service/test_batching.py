@@ -40,8 +40,10 @@ async def test_batched_equals_unbatched(toy_only: Path) -> None:
         mixed = await asyncio.gather(*(
             c.post("/energy", json={"model": "toy", "inputs": ch.tolist()}) for ch in chunks))
         whole = (await c.post("/energy", json={"model": "toy", "inputs": rows.tolist()})).json()
-    assert batched == single  # row for row, exactly
-    assert sum((r.json()["energies"] for r in mixed), []) == whole["energies"] == single
+    # Energies travel as float32 (shortest round-trip repr): compare as float32, exactly.
+    f32 = lambda v: np.asarray(v, dtype=np.float32).tolist()  # noqa: E731
+    assert f32(batched) == f32(single)  # row for row, exactly
+    assert f32(sum((r.json()["energies"] for r in mixed), [])) == f32(whole["energies"]) == f32(single)
     calls = (metric_value(after, "meg_batch_size_count", model="toy", op="energy")
              - metric_value(before, "meg_batch_size_count", model="toy", op="energy"))
     rows_run = (metric_value(after, "meg_batch_size_sum", model="toy", op="energy")
