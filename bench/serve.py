@@ -23,7 +23,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -37,10 +36,14 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
+import orjson
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(ROOT / "bench"))
+from common import machine_info, machine_line, table, write_section  # noqa: E402
 
 from service import bundle as B  # noqa: E402
 from service.mala import energy_and_grad, latent_energy, mala  # noqa: E402
@@ -58,20 +61,6 @@ def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "onnxruntime": ort.__version__,
-        "ort_providers": ort.get_available_providers(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 # --------------------------------------------------------------------------- server
@@ -134,7 +123,7 @@ def bench_http_sample(bundle: Path, n: int, repeats: int) -> dict[str, Any]:
         def http_json() -> None:
             r = c.post("/sample", json=req)
             r.raise_for_status()
-            r.json()
+            orjson.loads(r.content)
 
         def http_binary() -> None:
             r = c.post("/sample", json=req, headers={"Accept": "application/octet-stream"})
@@ -297,6 +286,17 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")
+    if not args.quick:
+        device = "gpu" if info.get("gpu") else "cpu"
+        write_section(f"serve-{device}", "\n".join([
+            f"### Serving ({device.upper()})",
+            "",
+            f"Machine: {machine_line(info)}. Bundle: `{bundle.name}` (version "
+            f"{results['version']}). Regenerate: `.venv/bin/python bench/serve.py --bundle "
+            f"models/{bundle.name}`.",
+            "",
+            table(["measure", "times", "ratio", "goal"], [list(r) for r in rows]),
+        ]))
     return 0
 
 
