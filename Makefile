@@ -49,7 +49,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy service training
 
-bench: install
+bench: install train-default
 	$(PY) bench/run_all.py
 
 clean:
