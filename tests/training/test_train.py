@@ -132,3 +132,24 @@ def test_two_process_data_parallel(tmp_path):
     assert all(r[1] == "2" and r[2] == "6" for r in found)
     assert found[0][3] == found[1][3], "replicas diverged: gradients were not averaged"
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_learning_rate_schedules():
+    from training.train import learning_rate
+
+    cfg = tiny("25gaussians", "train.lr=0.01", "train.steps=100", "train.lr_schedule='constant'")
+    assert learning_rate(cfg.train, 0) == learning_rate(cfg.train, 99) == 0.01
+    cfg = tiny("25gaussians", "train.lr=0.01", "train.steps=100", "train.lr_schedule='linear'")
+    assert learning_rate(cfg.train, 0) == 0.01
+    assert learning_rate(cfg.train, 50) == pytest.approx(0.005)
+    assert learning_rate(cfg.train, 100) == 0.0
+    cfg = tiny("25gaussians", "train.lr_schedule='cosine'")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        learning_rate(cfg.train, 0)
+
+
+def test_eval_time_mala_metrics(tmp_path):
+    cfg = tiny("25gaussians", "data.n=1000", "train.steps=3", "train.eval_mcmc_steps=5")
+    res = train(cfg, None, tmp_path / "run", progress=False)
+    assert 0 <= res.metrics["mala_modes_covered"] <= 25
+    assert 0.0 <= res.metrics["mala_acceptance"] <= 1.0
