@@ -116,7 +116,8 @@ def test_two_process_data_parallel(tmp_path):
         "res = T.train(cfg, None, sys.argv[1], progress=False)\n"
         "flat = torch.cat([p.detach().flatten() for p in captured['meg'].energy.parameters()])\n"
         "digest = hashlib.sha256(flat.numpy().tobytes()).hexdigest()\n"
-        "print('RANK', dist.get_rank(), 'WORLD', dist.get_world_size(), 'STEPS', res.steps, 'HASH', digest, flush=True)\n"
+        "report = f'RANK {dist.get_rank()} WORLD {dist.get_world_size()} STEPS {res.steps} HASH {digest}'\n"
+        "open(f'{sys.argv[1]}.rank{dist.get_rank()}', 'w').write(report)\n"
         "dist.destroy_process_group()\n"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
@@ -126,8 +127,9 @@ def test_two_process_data_parallel(tmp_path):
         capture_output=True, text=True, timeout=240, env=env, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # Ranks share one stdout, so lines may interleave: find the reports anywhere in it.
-    found = re.findall(r"RANK (\d) WORLD (\d) STEPS (\d+) HASH ([0-9a-f]{64})", proc.stdout)
+    # Each rank writes its own report file: ranks share one stdout and interleave there.
+    reports = "\n".join(p.read_text() for p in sorted(tmp_path.glob("run.rank*")))
+    found = re.findall(r"RANK (\d) WORLD (\d) STEPS (\d+) HASH ([0-9a-f]{64})", reports)
     assert sorted(r[0] for r in found) == ["0", "1"], proc.stdout[-2000:]
     assert all(r[1] == "2" and r[2] == "6" for r in found)
     assert found[0][3] == found[1][3], "replicas diverged: gradients were not averaged"
