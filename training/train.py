@@ -296,7 +296,8 @@ def train(
             periodic = _evaluate(meg, data, device, tc)
             if writer is not None:
                 for k, v in periodic.items():
-                    writer.add_scalar(f"eval/{k}", v, step)
+                    if isinstance(v, int | float):
+                        writer.add_scalar(f"eval/{k}", v, step)
         if dd.main and tc.preview_every and step % tc.preview_every == 0:
             _preview(meg, data, device, run_dir / "previews" / f"step_{step:07d}.png")
         if tc.checkpoint_every and step % tc.checkpoint_every == 0:

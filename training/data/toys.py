@@ -143,8 +143,12 @@ def _nearest(
     return idx, dist
 
 
-def _kl_uniform(counts: np.ndarray) -> float:
-    """KL(p || uniform) of the frequencies `counts`; epsilon keeps empty bins finite."""
+def _kl_uniform(counts: np.ndarray) -> float | None:
+    """KL(p || uniform) of the frequencies `counts`; epsilon keeps empty bins finite.
+    None when every count is zero: with no high-quality sample the frequencies are
+    undefined (epsilon alone would make them look perfectly uniform)."""
+    if counts.sum() == 0:
+        return None
     p = counts.astype(np.float64) + KL_EPS
     p /= p.sum()
     return float(np.sum(p * np.log(p * len(p))))

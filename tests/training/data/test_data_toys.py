@@ -126,3 +126,9 @@ def test_swissroll_metrics_proxy():
     m2 = toy_metrics("swissroll", inner)
     assert m2["segments_covered"] < 10
     assert m2["kl_segments_uniform"] > 0.3
+
+
+def test_kl_is_undefined_without_high_quality_samples():
+    far = np.full((100, 2), 50.0, dtype=np.float32)
+    m = toy_metrics("25gaussians", far)
+    assert m["high_quality_fraction"] == 0.0 and m["kl_modes_uniform"] is None
