@@ -50,6 +50,7 @@ lint: install
 	$(VENV)/bin/mypy service training
 
 bench: install train-default
+	$(PIP) install -q -e ".[$(ORT_EXTRA),train,bench]"
 	$(PY) bench/run_all.py
 
 clean:

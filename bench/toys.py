@@ -1,0 +1,315 @@
+"""Mode coverage on the 2-D toys (25gaussians, 8gaussians): MEG samples from G, MEG +
+latent MALA at two temperatures, and a WGAN-GP baseline on the same networks and budget.
+
+    MEG_DATA_DIR=/work/shared/data .venv/bin/python bench/toys.py [--only 25gaussians]
+        [--steps 1500] [--seeds 0,1,2] [--mala-steps 100] [--temperatures 1,0.03]
+        [--set train.lr=1e-3 ...] [--quick]
+
+Each model is trained with the dataset's recipe (training/recipes/NAME.toml; `--steps`
+lowers its step count), then 2,500 samples are scored by REFERENCE.md's convention
+(`training.data.toys.toy_metrics`): modes covered (>= 20 high-quality samples), share of
+high-quality samples (within 3 std of the nearest centre), KL(mode frequencies ‖ uniform).
+
+Writes bench/results/toys.json, docs/img/toys.png and the `toys` section of
+docs/benchmarks.md. `--quick` is a smoke test (few steps, one seed): it writes
+bench/results/toys_quick.json and bench/results/toys_quick.png and leaves the docs alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT, machine_info, machine_line, save_json, table, write_section  # noqa: E402
+from wgan_gp import DEFAULT_GP_WEIGHT, train_wgan_gp  # noqa: E402
+
+from service.mala import sample_latent  # noqa: E402
+from training.config import RecipeConfig, apply_overrides, load_recipe  # noqa: E402
+from training.data import Dataset  # noqa: E402
+from training.data.toys import load_toy, toy_centres, toy_metrics  # noqa: E402
+from training.model import build_meg  # noqa: E402
+from training.train import CHECKPOINT, train  # noqa: E402
+
+TOYS = ("25gaussians", "8gaussians")
+N_SAMPLES = 2500
+METRICS = ("modes_covered", "high_quality_fraction", "kl_modes_uniform")
+LIMIT = 2.0  # plot window [-LIMIT, LIMIT]²: both toys' centres lie within ±1.42
+GRID = 150
+
+
+def method_names(temperatures: list[float]) -> list[str]:
+    return ["meg"] + [f"meg_mala_T{t:g}" for t in temperatures] + ["wgan_gp"]
+
+
+def label(method: str) -> str:
+    if method == "meg":
+        return "MEG: samples of G"
+    if method == "wgan_gp":
+        return "WGAN-GP (same nets, budget)"
+    return f"MEG + latent MALA, T={method.removeprefix('meg_mala_T')}"
+
+
+def configure(name: str, seed: int, args: argparse.Namespace) -> RecipeConfig:
+    overrides = [f"train.seed={seed}", f"train.num_threads={args.threads}", "train.device=cpu",
+                 "train.preview_every=0", "train.checkpoint_every=0", "train.eval_mcmc_steps=0"]
+    if args.steps:
+        overrides.append(f"train.steps={args.steps}")
+    return apply_overrides(load_recipe(name), overrides + list(args.set))
+
+
+@torch.no_grad()
+def energy_grid(energy: torch.nn.Module) -> np.ndarray:
+    xs = np.linspace(-LIMIT, LIMIT, GRID, dtype=np.float32)
+    gx, gy = np.meshgrid(xs, xs)
+    pts = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1))
+    return energy(pts).numpy().reshape(GRID, GRID)
+
+
+def prior_samples(generator: torch.nn.Module, latent_dim: int, seed: int) -> np.ndarray:
+    z = torch.randn(N_SAMPLES, latent_dim, generator=torch.Generator().manual_seed(12345 + seed))
+    with torch.no_grad():
+        return generator(z).numpy()
+
+
+def score(name: str, samples: np.ndarray) -> dict[str, Any]:
+    m = toy_metrics(name, samples)
+    out = {k: m[k] for k in (*METRICS, "n_modes", "n_samples")}
+    if m["high_quality_fraction"] == 0:
+        # toy_metrics' KL of all-empty bins is the KL of uniform itself (0): undefined here.
+        out["kl_modes_uniform"] = float("nan")
+    return out
+
+
+def run_meg(name: str, seed: int, data: Dataset, args: argparse.Namespace, tmp: Path,
+            temperatures: list[float]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train MEG; score G's samples and latent-MALA samples. Returns (results, plots)."""
+    cfg = configure(name, seed, args)
+    t0 = time.time()
+    res = train(cfg, None, tmp / f"meg-{name}-s{seed}", progress=False, dataset=data)
+    train_s = time.time() - t0
+    meg = build_meg(cfg.model, cfg.train.entropy, torch.device("cpu"))
+    state = torch.load(res.run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+    for k, m in meg.modules().items():
+        m.load_state_dict(state["modules"][k])
+        m.eval()
+    g, e, d = meg.generator, meg.energy, cfg.model.latent_dim
+    out: dict[str, Any] = {}
+    plots: dict[str, Any] = {}
+    x = prior_samples(g, d, seed)
+    out["meg"] = {**score(name, x), "train_seconds": round(train_s, 1), "steps": res.steps}
+    plots["meg"] = x
+    print(f"  [{name} s{seed}] MEG trained {res.steps} steps in {train_s:.0f}s: "
+          f"{fmt_metrics(out['meg'])}", flush=True)
+    for t in temperatures:
+        t1 = time.time()
+        mres = sample_latent(g, e, N_SAMPLES, d, args.mala_steps, step_size=cfg.train.mcmc_step_size,
+                             temperature=t, adapt=True, rng=torch.Generator().manual_seed(777 + seed))
+        with torch.no_grad():
+            xm = g(mres.z).numpy()
+        key = f"meg_mala_T{t:g}"
+        out[key] = {**score(name, xm), "mala_steps": args.mala_steps, "temperature": t,
+                    "initial_step_size": cfg.train.mcmc_step_size, "final_step_size": mres.step_size,
+                    "acceptance": float(mres.acceptance.mean()), "mala_seconds": round(time.time() - t1, 1)}
+        plots[key] = xm
+        print(f"  [{name} s{seed}] MALA T={t:g} ({args.mala_steps} steps, "
+              f"acc {out[key]['acceptance']:.2f}, {time.time() - t1:.0f}s): {fmt_metrics(out[key])}",
+              flush=True)
+    plots["energy"] = energy_grid(e)
+    return out, plots
+
+
+def run_wgan(name: str, seed: int, data: Dataset, args: argparse.Namespace,
+             steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    cfg = configure(name, seed, args)
+    cfg.train.steps = steps  # MEG's step count, even when a max_minutes override cut it short
+    cfg.train.max_minutes = 0.0
+    res = train_wgan_gp(cfg, data, gp_weight=args.gp_weight, progress=False)
+    x = prior_samples(res.generator, cfg.model.latent_dim, seed)
+    out = {**score(name, x), "train_seconds": round(res.seconds, 1), "steps": res.steps,
+           "gp_weight": args.gp_weight}
+    print(f"  [{name} s{seed}] WGAN-GP trained {res.steps} steps in {res.seconds:.0f}s: "
+          f"{fmt_metrics(out)}", flush=True)
+    return {"wgan_gp": out}, {"wgan_gp": x, "critic": energy_grid(res.critic)}
+
+
+def fmt_metrics(m: dict[str, Any]) -> str:
+    return (f"modes {m['modes_covered']}/{m['n_modes']}, HQ {100 * m['high_quality_fraction']:.1f}%, "
+            f"KL {m['kl_modes_uniform']:.3f}")
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for k in METRICS:
+        v = np.array([r[k] for r in runs], dtype=np.float64)
+        out[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    return out
+
+
+def pm(agg: dict[str, float], scale: float = 1.0, digits: int = 3) -> str:
+    mean, std = agg["mean"] * scale, agg["std"] * scale
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def plot(path: Path, names: list[str], methods: list[str], plots: dict[str, dict[str, Any]],
+         data: dict[str, np.ndarray], steps: dict[str, int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(names), len(methods), figsize=(3.2 * len(methods), 3.3 * len(names)),
+                             squeeze=False)
+    xs = np.linspace(-LIMIT, LIMIT, GRID)
+    for i, name in enumerate(names):
+        p = plots[name]
+        centres = toy_centres(name)
+        assert centres is not None
+        for j, method in enumerate(methods):
+            ax = axes[i][j]
+            grid = p["critic"] if method == "wgan_gp" else p["energy"]
+            lo, hi = np.percentile(grid, [1, 99])
+            ax.contourf(xs, xs, np.clip(grid, lo, hi), levels=20, cmap="viridis")
+            ax.scatter(data[name][:1000, 0], data[name][:1000, 1], s=0.5, c="white", alpha=0.5)
+            s = p[method]
+            ax.scatter(s[:, 0], s[:, 1], s=1.0, c="red", alpha=0.6)
+            m = toy_metrics(name, s)
+            ax.set_title(f"{name}: {label(method)}\n{m['modes_covered']}/{m['n_modes']} modes, "
+                         f"HQ {100 * m['high_quality_fraction']:.0f}%, KL {m['kl_modes_uniform']:.2f}",
+                         fontsize=7.5)
+            ax.set_xlim(-LIMIT, LIMIT)
+            ax.set_ylim(-LIMIT, LIMIT)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("Samples (red) and data (white) over the energy E(x) (MEG) or the critic read as "
+                 f"an energy (WGAN-GP); low = dark. Steps: {steps}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(TOYS), help="comma-separated toys")
+    p.add_argument("--steps", type=int, default=0, help="generator steps (0: the recipe's)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--mala-steps", type=int, default=100, help="latent MALA steps (half adapt the step size)")
+    p.add_argument("--temperatures", default="1,0.03", help="comma-separated MALA temperatures")
+    p.add_argument("--gp-weight", type=float, default=DEFAULT_GP_WEIGHT, help="WGAN-GP λ")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="recipe override applied to both MEG and WGAN-GP (repeatable)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 100 steps, 1 seed, 10 MALA steps")
+    args = p.parse_args()
+    if args.quick:
+        args.steps, args.seeds, args.mala_steps = args.steps or 100, "0", min(args.mala_steps, 10)
+    torch.set_num_threads(args.threads)
+    names = [n for n in args.only.split(",") if n]
+    for n in names:
+        if n not in TOYS:
+            raise SystemExit(f"--only {n}: choose from {', '.join(TOYS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    temperatures = [float(t) for t in args.temperatures.split(",")]
+    methods = method_names(temperatures)
+    info = machine_info()
+    t_start = time.time()
+    runs: list[dict[str, Any]] = []
+    plots: dict[str, dict[str, Any]] = {}
+    data_pts: dict[str, np.ndarray] = {}
+    steps_used: dict[str, int] = {}
+    settings: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            cfg = configure(name, 0, args)
+            steps_used[name] = cfg.train.steps
+            settings[name] = {"model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"]}
+            data = load_toy(cfg.data.toy, n=cfg.data.n, seed=cfg.data.split_seed)
+            data_pts[name] = data.val
+            for seed in seeds:
+                print(f"{name} seed {seed}: {cfg.train.steps} steps "
+                      f"({time.time() - t_start:.0f}s elapsed)", flush=True)
+                meg_out, meg_plots = run_meg(name, seed, data, args, Path(tmp), temperatures)
+                w_out, w_plots = run_wgan(name, seed, data, args, meg_out["meg"]["steps"])
+                steps_used[name] = min(steps_used[name], meg_out["meg"]["steps"])
+                runs.append({"dataset": name, "seed": seed, **meg_out, **w_out})
+                if seed == seeds[0]:
+                    plots[name] = {**meg_plots, **w_plots}
+    wall = time.time() - t_start
+
+    summary: dict[str, dict[str, Any]] = {}
+    rows = []
+    for name in names:
+        summary[name] = {}
+        for method in methods:
+            rs = [r[method] for r in runs if r["dataset"] == name]
+            agg = aggregate(rs)
+            summary[name][method] = agg
+            extra = ""
+            if method.startswith("meg_mala"):
+                extra = (f"acc {np.mean([r['acceptance'] for r in rs]):.2f}, "
+                         f"ε {np.mean([r['final_step_size'] for r in rs]):.3g}")
+            rows.append([name, label(method), f"{pm(agg['modes_covered'], digits=1)} / {rs[0]['n_modes']}",
+                         pm(agg["high_quality_fraction"], 100, 1), pm(agg["kl_modes_uniform"]), extra])
+    stem = "toys_quick" if args.quick else "toys"
+    img = RESULTS / "toys_quick.png" if args.quick else ROOT / "docs" / "img" / "toys.png"
+    plot(img, names, methods, plots, data_pts, steps_used)
+    cmd = "MEG_DATA_DIR=/work/shared/data .venv/bin/python bench/toys.py " + " ".join(sys.argv[1:])
+    result = {
+        "machine": info, "command": cmd.strip(), "wall_seconds": round(wall, 1), "seeds": seeds,
+        "n_samples": N_SAMPLES, "steps": steps_used, "mala_steps": args.mala_steps,
+        "temperatures": temperatures, "wgan_gp_weight": args.gp_weight, "threads": args.threads,
+        "settings": settings, "summary": summary, "runs": runs, "plot": str(img.relative_to(ROOT)),
+    }
+    path = save_json(stem, result)
+    print(f"wrote {path} and {img} ({wall:.0f}s)", flush=True)
+    print(table(["toy", "method", "modes covered", "high quality %", "KL(modes ‖ uniform)", "MALA"], rows))
+    if args.quick:
+        return
+    first = names[0]
+    tc, mc = settings[first]["train"], settings[first]["model"]
+    md = [
+        "## Mode coverage on 2-D toys (`bench/toys.py`)",
+        "",
+        f"Machine: {machine_line(info)}.",
+        "",
+        f"Command: `{result['command']}` — {wall / 60:.1f} min wall, {args.threads} torch thread(s), "
+        f"on a 2-core machine shared with other jobs.",
+        "",
+        f"Each toy's recipe (`training/recipes/NAME.toml`: G {mc['g_hidden']}, E {mc['e_hidden']}, "
+        f"encoder {mc['enc_hidden']}, z {mc['latent_dim']}, MI term `{tc['entropy']}` weight "
+        f"{tc['entropy_weight']:g}, batch {tc['batch_size']}, "
+        f"n_critic {tc['n_critic']}, lr {tc['lr']:g} {tc['lr_schedule']}, MEG λ {tc['gp_weight']:g}) "
+        f"with steps {', '.join(f'{k} {v}' for k, v in steps_used.items())}; seeds {args.seeds} "
+        f"(mean ± std over seeds){'; overrides ' + ', '.join(f'`{o}`' for o in args.set) if args.set else ''}; "
+        f"{N_SAMPLES} samples per model, scored by REFERENCE.md's "
+        "convention (high quality: within 3 std of the nearest centre; covered: ≥ 20 high-quality "
+        "samples; KL of the high-quality mode frequencies to uniform).",
+        "",
+        f"- MEG + latent MALA: {args.mala_steps} MALA steps on U(z) = E(G(z))/T + ½‖z‖² from "
+        f"z ~ N(0, I), step size adapted toward 0.574 acceptance during the first half "
+        f"(from {tc['mcmc_step_size']:g}), then frozen.",
+        f"- WGAN-GP (`bench/wgan_gp.py`): G = MEG's generator, critic = MEG's energy network, "
+        f"same steps, n_critic, batch, Adam and schedule; one-centred penalty on interpolates, "
+        f"λ = {args.gp_weight:g} (the WGAN-GP paper's value; λ 0.1 is MEG's weight for its "
+        "zero-centred penalty on data and is too weak to hold a one-centred Lipschitz penalty).",
+        "",
+        table(["toy", "method", "modes covered", "high quality %", "KL(modes ‖ uniform)", "MALA"], rows),
+        "",
+        f"![samples over energy contours]({img.relative_to(ROOT / 'docs')}) "
+        f"(first seed; raw numbers in `bench/results/{stem}.json`).",
+    ]
+    write_section("toys", "\n".join(md))
+    print("updated docs/benchmarks.md (toys)")
+
+
+if __name__ == "__main__":
+    main()
