@@ -51,6 +51,7 @@ lint: install
 
 bench: install train-default
 	$(PIP) install -q -e ".[$(ORT_EXTRA),train,bench]"
+	-command -v wrk >/dev/null || apt-get install -y -q wrk  # load generator for bench/serve.py
 	$(PY) bench/run_all.py
 
 clean:
