@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_info, machine_line, save_json, table, write_section  # noqa: E402
+from common import RESULTS, ROOT, machine_info, machine_line, save_json, table, write_section  # noqa: E402
 from wgan_gp import DEFAULT_GP_WEIGHT, train_wgan_gp  # noqa: E402
 
 from service.bundle import DataSpec  # noqa: E402
@@ -238,13 +238,15 @@ def main() -> None:
     wall = time.time() - t_start
 
     stem = "stacked_mnist_quick" if args.quick else "stacked_mnist"
+    # Quick runs stay in bench/results; real runs go beside the page that shows them.
+    grid_dir = RESULTS if args.quick else ROOT / "docs" / "img"
     for k, png in grids.items():
-        (RESULTS / f"{stem}_{k}.png").parent.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"{stem}_{k}.png").write_bytes(png)
+        grid_dir.mkdir(parents=True, exist_ok=True)
+        (grid_dir / f"{stem}_{k}.png").write_bytes(png)
     cmd = ("MEG_DATA_DIR=/work/shared/data .venv/bin/python bench/stacked_mnist.py " + " ".join(sys.argv[1:])).strip()
     out = {"machine": info, "command": cmd, "wall_seconds": round(wall, 1), "mnist_parts": parts,
            "args": vars(args), "classifier": clf_info, "reference": reference, "results": results,
-           "settings": settings, "sample_grids": [f"bench/results/{stem}_{k}.png" for k in grids]}
+           "settings": settings, "sample_grids": [str((grid_dir / f"{stem}_{k}.png").relative_to(ROOT)) for k in grids]}
     path = save_json(stem, out)
     header = ["", "modes covered (≥ 1 sample) / 1000", "modes with ≥ 10 samples", "KL(modes ‖ uniform)",
               "samples", "steps", "train time"]
@@ -292,8 +294,10 @@ def main() -> None:
         table(header, rows),
         "",
         "The paper reports all 1,000 modes for MEG (with far larger nets and budget); this CPU "
-        "run is a small-budget comparison of the two methods, not a reproduction. Sample grids: "
-        + ", ".join(f"`{g}`" for g in out["sample_grids"]) + ".",
+        "run is a small-budget comparison of the two methods, not a reproduction. Samples:",
+        "",
+        *(f"![{Path(g).stem}]({Path(g).relative_to('docs')})" if g.startswith("docs/") else f"`{g}`"
+          for g in out["sample_grids"]),
     ]
     write_section("stacked_mnist", "\n".join(md))
     print("updated docs/benchmarks.md (stacked_mnist)")
