@@ -98,7 +98,9 @@ class DynamicBatcher:
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise DeadlineError()
-        if not self.enabled:
+        # A request that fills a batch on its own gains nothing from waiting for company:
+        # with nobody queued ahead of it (so order is kept) it runs at once.
+        if not self.enabled or (len(x) >= self.max_batch_size and not self._queue):
             return await self._submit_direct(x, remaining)
         if len(self._queue) >= self.queue_size:
             raise QueueFullError(self.model, self.op)

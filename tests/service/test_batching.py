@@ -124,3 +124,16 @@ async def test_batcher_never_mixes_models(models_dir: Path) -> None:
                   for m, x in reqs[:3]}
     for (m, _), r in zip(reqs, out, strict=True):
         assert r.json()["model"] == m and r.json()["energies"] == single[m]
+
+
+async def test_full_batch_request_skips_the_delay(toy_only: Path) -> None:
+    """A request that fills a batch alone runs at once; a small one waits for company."""
+    async with serve_app(_settings(toy_only, max_delay_ms=800, max_batch_size=4)) as (_, c):
+        t0 = time.perf_counter()
+        r = await c.post("/energy", json={"model": "toy", "inputs": [[0.0, 0.0]] * 8})
+        big = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        r1 = await c.post("/energy", json={"model": "toy", "inputs": [[0.0, 0.0]]})
+        small = time.perf_counter() - t0
+    assert r.status_code == 200 and r1.status_code == 200
+    assert big < 0.4 <= 0.7 < small, (big, small)
