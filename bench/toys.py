@@ -131,10 +131,12 @@ def run_wgan(name: str, seed: int, data: Dataset, args: argparse.Namespace,
     cfg = configure(name, seed, args)
     cfg.train.steps = steps  # MEG's step count, even when a max_minutes override cut it short
     cfg.train.max_minutes = 0.0
+    if args.wgan_lr > 0:  # WGAN-GP's own optimiser setting (the budget stays the same)
+        cfg.train.lr, cfg.train.lr_schedule = args.wgan_lr, args.wgan_lr_schedule
     res = train_wgan_gp(cfg, data, gp_weight=args.gp_weight, progress=False)
     x = prior_samples(res.generator, cfg.model.latent_dim, seed)
     out = {**score(name, x), "train_seconds": round(res.seconds, 1), "steps": res.steps,
-           "gp_weight": args.gp_weight}
+           "gp_weight": args.gp_weight, "lr": cfg.train.lr, "lr_schedule": cfg.train.lr_schedule}
     print(f"  [{name} s{seed}] WGAN-GP trained {res.steps} steps in {res.seconds:.0f}s: "
           f"{fmt_metrics(out)}", flush=True)
     return {"wgan_gp": out}, {"wgan_gp": x, "critic": energy_grid(res.critic)}
@@ -205,6 +207,9 @@ def main() -> None:
     p.add_argument("--mala-steps", type=int, default=100, help="latent MALA steps (half adapt the step size)")
     p.add_argument("--temperatures", default="1,0.03", help="comma-separated MALA temperatures")
     p.add_argument("--gp-weight", type=float, default=DEFAULT_GP_WEIGHT, help="WGAN-GP λ")
+    p.add_argument("--wgan-lr", type=float, default=1e-4,
+                   help="WGAN-GP learning rate (0: MEG's); MEG's 1e-3 makes WGAN-GP diverge")
+    p.add_argument("--wgan-lr-schedule", default="constant", help="WGAN-GP lr schedule")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="recipe override applied to both MEG and WGAN-GP (repeatable)")
@@ -298,7 +303,9 @@ def main() -> None:
         f"z ~ N(0, I), step size adapted toward 0.574 acceptance during the first half "
         f"(from {tc['mcmc_step_size']:g}), then frozen.",
         f"- WGAN-GP (`bench/wgan_gp.py`): G = MEG's generator, critic = MEG's energy network, "
-        f"same steps, n_critic, batch, Adam and schedule; one-centred penalty on interpolates, "
+        f"same steps, n_critic, batch and Adam betas; its own learning rate "
+        f"{args.wgan_lr or tc['lr']:g} {args.wgan_lr_schedule if args.wgan_lr else tc['lr_schedule']} "
+        f"(at MEG's lr 1e-3 it diverged: 0/25 modes); one-centred penalty on interpolates, "
         f"λ = {args.gp_weight:g} (the WGAN-GP paper's value; λ 0.1 is MEG's weight for its "
         "zero-centred penalty on data and is too weak to hold a one-centred Lipschitz penalty).",
         "",
