@@ -77,3 +77,16 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def start_run(script: str, threads: int, argv: list[str]) -> tuple[dict[str, Any], str]:
+    """Set torch's thread count (0: leave it), print the machine line, and return the
+    machine facts and the command line that reruns this benchmark."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    info = machine_info()
+    info["torch_threads"] = torch.get_num_threads()
+    print(f"machine: {machine_line(info)}; torch threads {info['torch_threads']}", flush=True)
+    return info, f"MEG_DATA_DIR=... .venv/bin/python bench/{script} " + " ".join(argv)

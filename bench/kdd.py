@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import LABELS, RANDOM, run_baseline, summarize  # noqa: E402
-from common import ROOT, machine_info, machine_line, save_json, table, write_section  # noqa: E402
+from common import ROOT, machine_line, save_json, start_run, table, write_section  # noqa: E402
 
 MEG = ("meg-encoder", "meg-jsd")
 BASELINES = ("iforest", "ecod", "ocsvm", "autoencoder")
@@ -197,16 +197,10 @@ def main() -> None:
     steps = 300 if args.quick and args.steps is None else args.steps
     ae_epochs = 1 if args.quick else args.ae_epochs
 
-    import torch
 
     from training.data.kdd import load_kdd
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    info = machine_info()
-    info["torch_threads"] = torch.get_num_threads()
-    command = "MEG_DATA_DIR=... .venv/bin/python bench/kdd.py " + " ".join(sys.argv[1:])
-    print(f"machine: {machine_line(info)}; torch threads {info['torch_threads']}", flush=True)
+    info, command = start_run("kdd.py", args.threads, sys.argv[1:])
     load_start = os.getloadavg()
     t_start = time.perf_counter()
     results: list[dict[str, Any]] = []

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import LABELS, RANDOM, run_baseline, summarize  # noqa: E402
-from common import ROOT, machine_info, machine_line, save_json, table, write_section  # noqa: E402
+from common import ROOT, machine_line, save_json, start_run, table, write_section  # noqa: E402
 
 METHODS = ("meg", "iforest", "ecod")
 KNOWN = METHODS + ("ocsvm", "autoencoder", "deepsvdd")
@@ -138,16 +138,10 @@ def main() -> None:
     if bad:
         raise SystemExit(f"unknown method(s)/digit(s): {', '.join(bad)}")
 
-    import torch
 
     from training.data.mnist import load_mnist_dataset
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    info = machine_info()
-    info["torch_threads"] = torch.get_num_threads()
-    command = "MEG_DATA_DIR=... .venv/bin/python bench/mnist.py " + " ".join(sys.argv[1:])
-    print(f"machine: {machine_line(info)}; torch threads {info['torch_threads']}", flush=True)
+    info, command = start_run("mnist.py", args.threads, sys.argv[1:])
     load_start = os.getloadavg()
     t_start = time.perf_counter()
     results: list[dict[str, Any]] = []
