@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-client", type=int, default=20, help="/energy requests per client")
     p.add_argument("--chains", type=int, default=256)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=15, help="timed repetitions (median)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     args = p.parse_args(argv)
     bundle = args.bundle.resolve()
