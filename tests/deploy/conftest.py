@@ -37,28 +37,26 @@ from deploy_support import (
 
 
 # -------------------------------------------------------------------- tool paths
+def _require_tool(name: str, what: str) -> str:
+    path = find_tool(name)
+    if path is None:
+        pytest.skip(f"{what} not installed; {INSTALL_HINT}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    path = find_tool("promtool")
-    if path is None:
-        pytest.skip(f"promtool not installed; {INSTALL_HINT}")
-    return path
+    return _require_tool("promtool", "promtool")
 
 
 @pytest.fixture(scope="session")
 def prometheus_bin() -> str:
-    path = find_tool("prometheus")
-    if path is None:
-        pytest.skip(f"prometheus server binary not installed; {INSTALL_HINT}")
-    return path
+    return _require_tool("prometheus", "prometheus server binary")
 
 
 @pytest.fixture(scope="session")
 def nginx_bin() -> str:
-    path = find_tool("nginx")
-    if path is None:
-        pytest.skip(f"nginx not installed; {INSTALL_HINT}")
-    return path
+    return _require_tool("nginx", "nginx")
 
 
 @pytest.fixture(scope="session")
