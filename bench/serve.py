@@ -6,7 +6,7 @@
    bodies) against the same ONNX session called in-process (goal: in-process time /
    HTTP time >= 0.8).
 2. 64 concurrent clients sending single-row /energy: batching on against off
-   (throughput ratio).
+   (throughput ratio; goal >= 4x).
 3. MALA: service.mala.mala against a plain implementation that recomputes the current
    state's energy and gradient every step (goal: >= 1.8x).
 4. ONNX Runtime generator against torch eager (the .pt2 module), batch 1 and 4096.
@@ -259,6 +259,13 @@ def bench_onnx_vs_torch(bundle: Path, repeats: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- main
 
 
+def goal_met(ratio: float, goal: str) -> str:
+    """'yes' or 'no' for a goal written '>= X'; '' where there is none."""
+    if not goal.startswith(">="):
+        return ""
+    return "yes" if ratio >= float(goal[2:]) else "no"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, default=ROOT / "models" / "digits")
@@ -296,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         ("1 /sample in-process vs HTTP binary",
          f"{h['in_process_s'] * 1e3:.1f} ms vs {h['http_binary_s'] * 1e3:.1f} ms", h["ratio_binary"], ">= 0.8"),
         (f"2 /energy x{bt['clients']} clients ({bt['client']}) batching on/off",
-         f"{bt['rps_on']:.0f} vs {bt['rps_off']:.0f} req/s", bt["ratio"], "> 1"),
+         f"{bt['rps_on']:.0f} vs {bt['rps_off']:.0f} req/s", bt["ratio"], ">= 4"),
         (f"3 MALA plain/ours ({m['chains']} chains x {m['steps']} steps)",
          f"{m['plain_s'] * 1e3:.1f} ms vs {m['ours_s'] * 1e3:.1f} ms", m["speedup"], ">= 1.8"),
     ] + [
@@ -304,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
          f"{v['torch_s'] * 1e6:.0f} us vs {v['onnx_s'] * 1e6:.0f} us", v["speedup"], "")
         for k, v in o.items()
     ]
+    rows = [(*r, goal_met(r[2], r[3])) for r in rows]
     width = max(len(r[0]) for r in rows)
     print(f"\n{'measure'.ljust(width)}  {'times':<28} {'ratio':>7}  goal")
-    for name, times, ratio, goal in rows:
-        print(f"{name.ljust(width)}  {times:<28} {ratio:7.2f}  {goal}")
+    for name, times, ratio, goal, met in rows:
+        print(f"{name.ljust(width)}  {times:<28} {ratio:7.2f}  {goal} {met}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")
@@ -320,7 +328,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{results['version']}). Regenerate: `.venv/bin/python bench/serve.py --bundle "
             f"models/{bundle.name}`.",
             "",
-            table(["measure", "times", "ratio", "goal"], [list(r) for r in rows]),
+            table(["measure", "times", "ratio", "goal", "met"], [list(r) for r in rows]),
+            "",
+            "Ratios are 'bigger is better'. Where goal 1 or 2 is missed, the per-request HTTP "
+            "cost (uvicorn, FastAPI, middleware, body encoding and the client) dominates: the "
+            "default model's inference is tens of microseconds a call, so coalescing rows "
+            "(goal 2) can save little of a request's time and an HTTP round trip of a 1 MB "
+            "body (goal 1) costs more than the generator itself. See `bench/results/serve.json` "
+            "for the raw timings.",
         ]))
     return 0
 
