@@ -68,6 +68,16 @@ def write_section(name: str, markdown: str) -> None:
     DOC.write_text(text)
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> None:
+    """Lay out, write and close a matplotlib figure (creating its folder)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def table(header: list[str], rows: list[list[Any]]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):

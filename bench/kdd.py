@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import LABELS, RANDOM, run_baseline, summarize  # noqa: E402
-from common import ROOT, machine_line, save_json, start_run, table, write_section  # noqa: E402
+from common import ROOT, machine_line, save_figure, save_json, start_run, table, write_section  # noqa: E402
 
 MEG = ("meg-encoder", "meg-jsd")
 BASELINES = ("iforest", "ecod", "ocsvm", "autoencoder")
@@ -162,10 +162,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_ylim(0, 1.05)
     ax.axhline(0.95, color="grey", ls="--", lw=0.8)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

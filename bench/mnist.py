@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import LABELS, RANDOM, run_baseline, summarize  # noqa: E402
-from common import ROOT, machine_line, save_json, start_run, table, write_section  # noqa: E402
+from common import ROOT, machine_line, save_figure, save_json, start_run, table, write_section  # noqa: E402
 
 METHODS = ("meg", "iforest", "ecod")
 KNOWN = METHODS + ("ocsvm", "autoencoder", "deepsvdd")
@@ -103,10 +103,7 @@ def plot(digits: list[int], methods: list[str], means: dict[tuple[str, int], tup
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -28,7 +28,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, machine_info, machine_line, save_json, table, write_section  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    ROOT,
+    machine_info,
+    machine_line,
+    save_figure,
+    save_json,
+    table,
+    write_section,
+)
 from wgan_gp import train_wgan_gp  # noqa: E402
 
 from service.mala import sample_latent  # noqa: E402
@@ -196,10 +205,7 @@ def plot(path: Path, names: list[str], methods: list[str], plots: dict[str, dict
             ax.set_yticks([])
     fig.suptitle("Samples (red) and data (white) over the energy E(x) (MEG) or the critic read as "
                  f"an energy (WGAN-GP); low = dark. Steps: {steps}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:
