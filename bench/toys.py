@@ -318,11 +318,11 @@ def main() -> None:
         f"same steps, n_critic, batch and Adam betas; learning rate {wgan_lr}; "
         "one-centred penalty on interpolates, "
         f"λ = {args.gp_weight:g}"
-        + (" (the value the WGAN-GP authors' own toy code uses for these datasets; in a "
-           "development run on 25gaussians at lr 1e-4 constant, λ 10, the paper's image value, "
-           "made this generator oscillate (the critic's Wasserstein estimate changed sign "
-           "between logs; 0/25 modes after 3,000 steps, against 5/25 at λ 0.1; with MEG's "
-           "lr 1e-3 linear and λ 0.1, 25/25)."
+        + (", the value the WGAN-GP authors' own toy code uses for these datasets. In a "
+           "development run on 25gaussians at lr 1e-4 constant, λ 10 (the paper's image value) "
+           "made this generator oscillate: the critic's Wasserstein estimate changed sign "
+           "between logs, and 0/25 modes were covered after 3,000 steps, against 5/25 at "
+           "λ 0.1; with MEG's lr 1e-3 linear and λ 0.1, 25/25."
            if args.gp_weight == TOY_GP_WEIGHT else "."),
         "",
         table(["toy", "method", "modes covered", "high quality %", "KL(modes ‖ uniform)", "MALA"], rows),
