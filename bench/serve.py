@@ -54,16 +54,19 @@ from service.models import choose_providers, session_options  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 
-def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of `fn` in seconds."""
+def timeit_alternating(fns: list[Callable[[], Any]], repeats: int, warmup: int = 1) -> list[float]:
+    """Median wall time of each of `fns`, called in turn within every repeat so that a
+    change in machine load during the run affects all of them alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 # --------------------------------------------------------------------------- server
@@ -119,7 +122,6 @@ def bench_http_sample(bundle: Path, n: int, repeats: int) -> dict[str, Any]:
         z = np.random.default_rng(0).standard_normal((n, man.latent_dim), dtype=np.float32)
         sess.run(None, {"z": z})
 
-    t_inproc = timeit(in_process, repeats, warmup=2)
     with server(bundle) as base, httpx.Client(base_url=base, timeout=120) as c:
         req = {"model": bundle.name, "n": n, "seed": 0}
 
@@ -133,8 +135,8 @@ def bench_http_sample(bundle: Path, n: int, repeats: int) -> dict[str, Any]:
             r.raise_for_status()
             np.frombuffer(r.content, dtype="<f4")
 
-        t_json = timeit(http_json, repeats, warmup=2)
-        t_bin = timeit(http_binary, repeats, warmup=2)
+        t_inproc, t_json, t_bin = timeit_alternating([in_process, http_json, http_binary], repeats,
+                                                     warmup=2)
     return {"n": n, "in_process_s": t_inproc, "http_json_s": t_json, "http_binary_s": t_bin,
             "ratio_json": t_inproc / t_json, "ratio_binary": t_inproc / t_bin}
 
@@ -222,11 +224,8 @@ def bench_mala(bundle: Path, chains: int, steps: int, repeats: int) -> dict[str,
         plain_mala(z0, u, 0.01, steps, torch.Generator().manual_seed(1))
 
     # The first autograd passes through a freshly loaded program are slow (lazy init):
-    # warm both before timing either.
-    ours()
-    plain()
-    t_ours = timeit(ours, repeats)
-    t_plain = timeit(plain, repeats)
+    # both are warmed before either is timed.
+    t_ours, t_plain = timeit_alternating([ours, plain], repeats)
     return {"chains": chains, "steps": steps, "ours_s": t_ours, "plain_s": t_plain,
             "speedup": t_plain / t_ours}
 
@@ -245,13 +244,12 @@ def bench_onnx_vs_torch(bundle: Path, repeats: int) -> dict[str, Any]:
         z = np.random.default_rng(0).standard_normal((batch, man.latent_dim), dtype=np.float32)
         zt = torch.from_numpy(z)
         reps = repeats * (20 if batch == 1 else 1)
-        t_onnx = timeit(lambda z=z: sess.run(None, {"z": z}), reps, warmup=3)
-
         def torch_call(zt: torch.Tensor = zt) -> None:
             with torch.no_grad():
                 gen(zt)
 
-        t_torch = timeit(torch_call, reps, warmup=3)
+        t_onnx, t_torch = timeit_alternating([lambda z=z: sess.run(None, {"z": z}), torch_call], reps,
+                                             warmup=3)
         out[f"batch_{batch}"] = {"onnx_s": t_onnx, "torch_s": t_torch, "speedup": t_torch / t_onnx}
     return out
 
