@@ -100,3 +100,23 @@ def start_run(script: str, threads: int, argv: list[str]) -> tuple[dict[str, Any
     info["torch_threads"] = torch.get_num_threads()
     print(f"machine: {machine_line(info)}; torch threads {info['torch_threads']}", flush=True)
     return info, f"MEG_DATA_DIR=... .venv/bin/python bench/{script} " + " ".join(argv)
+
+
+def train_recipe(recipe: str, dataset: Any, sets: list[str], seed: int,
+                 metrics: tuple[str, ...]) -> dict[str, Any]:
+    """Train `recipe` in this process on a preloaded `dataset` with `--set` overrides
+    `sets` and `seed`, as `meg train` would; return the steps, the chosen final metrics,
+    the wall time and the equivalent `meg train` command."""
+    import tempfile
+
+    from training.config import apply_overrides, load_recipe
+    from training.train import train
+
+    cfg = apply_overrides(load_recipe(recipe), [*sets, f"train.seed={seed}"])
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train(cfg, None, Path(tmp), progress=False, dataset=dataset)
+    wall = time.perf_counter() - t0
+    shown = " ".join(f"--set {s}" for s in sets)
+    return {"seed": seed, "steps": res.steps, "metrics": {k: res.metrics[k] for k in metrics},
+            "wall_seconds": round(wall, 2), "command": f"meg train {recipe} --seed {seed} {shown}"}

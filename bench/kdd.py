@@ -28,14 +28,22 @@ import gc
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import LABELS, RANDOM, run_baseline, summarize  # noqa: E402
-from common import ROOT, machine_line, save_figure, save_json, start_run, table, write_section  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    machine_line,
+    save_figure,
+    save_json,
+    start_run,
+    table,
+    train_recipe,
+    write_section,
+)
 
 MEG = ("meg-encoder", "meg-jsd")
 BASELINES = ("iforest", "ecod", "ocsvm", "autoencoder")
@@ -66,10 +74,8 @@ def parse_only(text: str) -> list[str]:
     return out
 
 
-def meg_overrides(method: str, seed: int, split_seed: int, steps: int | None,
-                  threads: int) -> list[str]:
-    sets = [f"train.entropy={method.split('-', 1)[1]}", f"train.seed={seed}",
-            f"data.split_seed={split_seed}"]
+def meg_overrides(method: str, split_seed: int, steps: int | None, threads: int) -> list[str]:
+    sets = [f"train.entropy={method.split('-', 1)[1]}", f"data.split_seed={split_seed}"]
     if steps is not None:
         sets.append(f"train.steps={steps}")
     if threads > 0:
@@ -79,20 +85,9 @@ def meg_overrides(method: str, seed: int, split_seed: int, steps: int | None,
 
 def run_meg(method: str, ds: Any, seed: int, split_seed: int, steps: int | None,
             threads: int) -> dict[str, Any]:
-    from training.config import apply_overrides, load_recipe
-    from training.train import train
-
-    sets = meg_overrides(method, seed, split_seed, steps, threads)
-    cfg = apply_overrides(load_recipe("kddcup99"), sets)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        res = train(cfg, None, Path(tmp), progress=False, dataset=ds)
-    wall = time.perf_counter() - t0
-    shown = " ".join(f"--set {s}" for s in sets if not s.startswith("train.seed="))
-    return {"method": method, "seed": seed, "split_seed": split_seed,
-            "metrics": {k: res.metrics[k] for k in (*KEYS, "auprc")},
-            "steps": res.steps, "wall_seconds": round(wall, 2),
-            "command": f"meg train kddcup99 --seed {seed} {shown}"}
+    rec = train_recipe("kddcup99", ds, meg_overrides(method, split_seed, steps, threads), seed,
+                       (*KEYS, "auprc"))
+    return {"method": method, "split_seed": split_seed, **rec}
 
 
 def summarize_rows(results: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:

@@ -26,14 +26,22 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import LABELS, RANDOM, run_baseline, summarize  # noqa: E402
-from common import ROOT, machine_line, save_figure, save_json, start_run, table, write_section  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    machine_line,
+    save_figure,
+    save_json,
+    start_run,
+    table,
+    train_recipe,
+    write_section,
+)
 
 METHODS = ("meg", "iforest", "ecod")
 KNOWN = METHODS + ("ocsvm", "autoencoder", "deepsvdd")
@@ -44,23 +52,10 @@ PUBLISHED = {1: 0.281, 4: 0.401, 5: 0.402, 7: 0.290, 9: 0.342}
 
 def run_meg(ds: Any, digit: int, seed: int, split_seed: int, steps: int,
             threads: int) -> dict[str, Any]:
-    from training.config import apply_overrides, load_recipe
-    from training.train import train
-
-    sets = [f"data.anomaly_digit={digit}", f"data.split_seed={split_seed}", f"train.steps={steps}",
-            f"train.seed={seed}"]
+    sets = [f"data.anomaly_digit={digit}", f"data.split_seed={split_seed}", f"train.steps={steps}"]
     if threads > 0:
         sets.append(f"train.num_threads={threads}")
-    cfg = apply_overrides(load_recipe("mnist"), sets)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        res = train(cfg, None, Path(tmp), progress=False, dataset=ds)
-    wall = time.perf_counter() - t0
-    shown = " ".join(f"--set {s}" for s in sets if not s.startswith("train.seed="))
-    return {"method": "meg", "digit": digit, "seed": seed, "steps": res.steps,
-            "metrics": {k: res.metrics[k] for k in ("auprc", "auroc")},
-            "wall_seconds": round(wall, 2),
-            "command": f"meg train mnist --seed {seed} {shown}"}
+    return {"method": "meg", "digit": digit, **train_recipe("mnist", ds, sets, seed, ("auprc", "auroc"))}
 
 
 def label(method: str) -> str:
