@@ -239,6 +239,8 @@ def main() -> None:
     data = {
         "machine": info, "command": command, "quick": args.quick, "seeds": list(range(seeds)),
         "split": args.split, "split_seeds": splits, "meg_steps": meg_steps,
+        "meg_train": {"batch_size": recipe.batch_size, "n_critic": recipe.n_critic,
+                      "gp_weight": recipe.gp_weight},
         "ae_epochs": ae_epochs, "total_wall_seconds": round(total_wall, 1),
         "load_average_1_5_15min": {"start": load_start, "end": os.getloadavg()},
         "note": args.note,
@@ -258,6 +260,7 @@ def render(data: dict[str, Any]) -> None:
     rows, info, command = data["summary"], data["machine"], data["command"]
     seeds, splits = len(data["seeds"]), data["split_seeds"]
     meg_steps, ae_epochs = data["meg_steps"], data["ae_epochs"]
+    mt = data.get("meg_train", {"batch_size": 256, "n_critic": 1, "gp_weight": 1.0})
     total_wall = data["total_wall_seconds"]
     split_info = {int(k): v for k, v in data["splits"].items()}
     md_table = markdown_table(rows)
@@ -303,7 +306,8 @@ def render(data: dict[str, Any]) -> None:
         f"std over the runs.",
         "",
         f"- meg: `meg train kddcup99 --set train.entropy=encoder|jsd` as shipped "
-        f"({meg_steps} generator steps, batch 256, n_critic 1, λ 1), trained in-process on the "
+        f"({meg_steps} generator steps, batch {mt['batch_size']}, n_critic {mt['n_critic']}, "
+        f"λ {mt['gp_weight']:g}), trained in-process on the "
         f"preloaded split; wall time = training + evaluation.",
         f"- Baselines (`bench/baselines.py`, PyOD defaults unless stated, fitted on the same "
         f"training rows): IForest; ECOD (deterministic: one fit per split); OCSVM fitted on a "
