@@ -23,7 +23,7 @@ import torch
 from training.config import RecipeConfig
 from training.data import Dataset
 from training.model import Energy, Generator
-from training.train import learning_rate, resolve_device
+from training.train import resolve_device, set_learning_rate
 
 DEFAULT_GP_WEIGHT = 10.0  # the WGAN-GP paper's λ for its one-centred penalty
 
@@ -81,10 +81,7 @@ def train_wgan_gp(cfg: RecipeConfig, data: Dataset, gp_weight: float = DEFAULT_G
     history: list[dict[str, float]] = []
     step = 0
     while step < tc.steps and time.time() < deadline:
-        lr = learning_rate(tc, step)
-        for opt in (opt_d, opt_g):
-            for group in opt.param_groups:
-                group["lr"] = lr
+        set_learning_rate([opt_d, opt_g], tc, step)
         for _ in range(tc.n_critic):
             x_real = batch()
             with torch.no_grad():

@@ -143,6 +143,14 @@ def learning_rate(tc: TrainConfig, step: int) -> float:
     raise ValueError(f"train.lr_schedule {tc.lr_schedule!r}: use constant or linear")
 
 
+def set_learning_rate(optimizers: list[torch.optim.Optimizer], tc: TrainConfig, step: int) -> None:
+    """Give every parameter group of `optimizers` the scheduled rate for `step`."""
+    lr = learning_rate(tc, step)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
 def train(
     cfg: RecipeConfig,
     out: Path | None,
@@ -241,10 +249,7 @@ def train(
     history: list[dict[str, float]] = []
     deadline = t0 + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
     while step < tc.steps and time.time() < deadline:
-        lr = learning_rate(tc, step)
-        for opt in (opt_e, opt_g):
-            for group in opt.param_groups:
-                group["lr"] = lr
+        set_learning_rate([opt_e, opt_g], tc, step)
         # ---- energy: lower E on data, raise it on samples, zero-centred penalty on data
         for _ in range(tc.n_critic):
             x_real = batch()
