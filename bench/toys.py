@@ -163,13 +163,15 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     out = {}
     for k in METRICS:
         v = np.array([r[k] for r in runs], dtype=np.float64)
-        out[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+        out[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                  "n": len(v)}
     return out
 
 
 def pm(agg: dict[str, float], scale: float = 1.0, digits: int = 3) -> str:
-    mean, std = agg["mean"] * scale, agg["std"] * scale
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    """mean ± sample std; the mean alone for one seed, whose spread is unknown (not 0)."""
+    mean = f"{agg['mean'] * scale:.{digits}f}"
+    return mean if agg.get("n", 1) < 2 else f"{mean} ± {agg['std'] * scale:.{digits}f}"
 
 
 def plot(path: Path, names: list[str], methods: list[str], plots: dict[str, dict[str, Any]],
@@ -306,7 +308,7 @@ def main() -> None:
         f"{tc['entropy_weight']:g}, batch {tc['batch_size']}, "
         f"n_critic {tc['n_critic']}, lr {tc['lr']:g} {tc['lr_schedule']}, MEG λ {tc['gp_weight']:g}) "
         f"with steps {', '.join(f'{k} {v}' for k, v in steps_used.items())}; seeds {args.seeds} "
-        f"(mean ± std over seeds){'; overrides ' + ', '.join(f'`{o}`' for o in args.set) if args.set else ''}; "
+        f"({'mean ± sample std over seeds' if len(seeds) > 1 else 'one seed: no spread shown'}){'; overrides ' + ', '.join(f'`{o}`' for o in args.set) if args.set else ''}; "
         f"{N_SAMPLES} samples per model, scored by REFERENCE.md's "
         "convention (high quality: within 3 std of the nearest centre; covered: ≥ 20 high-quality "
         "samples; KL of the high-quality mode frequencies to uniform).",
