@@ -68,6 +68,18 @@ def write_section(name: str, markdown: str) -> None:
     DOC.write_text(text)
 
 
+def run_line(data: dict[str, Any], wall_minutes: float) -> str:
+    """The machine, rerun command, wall time, load average and any note of a saved run, as
+    one sentence for the docs (the benches that record `load_average_1_5_15min`)."""
+    info, load = data["machine"], data.get("load_average_1_5_15min")
+    contention = (f" Load average (1/5/15 min) at start {', '.join(f'{x:.1f}' for x in load['start'])}, "
+                  f"at end {', '.join(f'{x:.1f}' for x in load['end'])} on {info['cpu_count']} cores: "
+                  "the machine is shared, so wall times include contention." if load else "")
+    note = f" {data['note']}" if data.get("note") else ""
+    return (f"Machine: {machine_line(info)}; torch threads {info['torch_threads']}. "
+            f"Regenerate: `{data['command']}` (total wall time {wall_minutes:.1f} min).{contention}{note}")
+
+
 def save_figure(fig: Any, path: Path, dpi: int = 120) -> None:
     """Lay out, write and close a matplotlib figure (creating its folder)."""
     import matplotlib.pyplot as plt

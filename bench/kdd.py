@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import LABELS, RANDOM, run_baseline, summarize  # noqa: E402
 from common import (  # noqa: E402
     ROOT,
-    machine_line,
+    run_line,
     save_figure,
     save_json,
     start_run,
@@ -257,18 +257,13 @@ def main() -> None:
 
 def render(data: dict[str, Any]) -> None:
     """The plot and the `kdd` section of docs/benchmarks.md from a results dict."""
-    rows, info, command = data["summary"], data["machine"], data["command"]
+    rows = data["summary"]
     seeds, splits = len(data["seeds"]), data["split_seeds"]
     meg_steps, ae_epochs = data["meg_steps"], data["ae_epochs"]
     mt = data.get("meg_train", {"batch_size": 256, "n_critic": 1, "gp_weight": 1.0})
     total_wall = data["total_wall_seconds"]
     split_info = {int(k): v for k, v in data["splits"].items()}
     md_table = markdown_table(rows)
-    load = data.get("load_average_1_5_15min")
-    contention = (f" Load average (1/5/15 min) at start {', '.join(f'{x:.1f}' for x in load['start'])}, "
-                  f"at end {', '.join(f'{x:.1f}' for x in load['end'])} on {info['cpu_count']} cores: "
-                  "the machine is shared, so wall times include contention." if load else "")
-    note = f" {data['note']}" if data.get("note") else ""
     best = rows[0]["method"] if rows else None
     meg_rows = [r for r in rows if r["method"] in MEG]
     best_meg = max(meg_rows, key=lambda r: r["f1"]) if meg_rows else None
@@ -294,8 +289,7 @@ def render(data: dict[str, Any]) -> None:
     write_section("kdd", "\n".join([
         "## KDDCUP99 (10%), the MEG paper's protocol",
         "",
-        f"Machine: {machine_line(info)}; torch threads {info['torch_threads']}. "
-        f"Regenerate: `{command}` (total wall time {total_wall / 60:.1f} min).{contention}{note}",
+        run_line(data, total_wall / 60),
         "",
         f"Protocol: `training.data.kdd.load_kdd` — `normal.` is the anomaly class, train on "
         f"the attack rows of the sampled half ({s0.get('train_rows')} rows at split seed "

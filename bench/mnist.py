@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import LABELS, RANDOM, run_baseline, summarize  # noqa: E402
 from common import (  # noqa: E402
     ROOT,
-    machine_line,
+    run_line,
     save_figure,
     save_json,
     start_run,
@@ -219,18 +219,13 @@ def render(data: dict[str, Any]) -> None:
     from training.config import load_recipe
 
     digits, methods, means = data["digits"], data["methods"], auprc_means(data)
-    steps, seeds, info = data["meg_steps"], len(data["seeds"]), data["machine"]
-    total_wall, command = data["total_wall_seconds"], data["command"]
+    steps, seeds = data["meg_steps"], len(data["seeds"])
+    total_wall = data["total_wall_seconds"]
     plot(digits, methods, means, PLOT,
          f"MNIST held-out digit, AUPRC (meg {steps} steps, {seeds} seed(s)); hatched: published")
     recipe = load_recipe("mnist").train
     n_train = data["splits"][str(digits[0])].get("train", 1)
     passes = steps * recipe.n_critic * recipe.batch_size / max(n_train, 1)
-    load = data.get("load_average_1_5_15min")
-    contention = (f" Load average (1/5/15 min) at start {', '.join(f'{x:.1f}' for x in load['start'])}, "
-                  f"at end {', '.join(f'{x:.1f}' for x in load['end'])} on {info['cpu_count']} cores: "
-                  "the machine is shared, so wall times include contention." if load else "")
-    note = f" {data['note']}" if data.get("note") else ""
     below = {m: [d for d in digits if (m, d) in means and means[(m, d)][0] < share(data, d)]
              for m in methods}
     wins = [d for d in digits if "meg" in methods
@@ -242,8 +237,7 @@ def render(data: dict[str, Any]) -> None:
     write_section("mnist", "\n".join([
         "## MNIST, held-out digit",
         "",
-        f"Machine: {machine_line(info)}; torch threads {info['torch_threads']}. "
-        f"Regenerate: `{command}` (total wall time {total_wall / 60:.1f} min).{contention}{note}",
+        run_line(data, total_wall / 60),
         "",
         f"Protocol: one digit is the anomaly class; `training.data.mnist.load_mnist_dataset` "
         f"with split seed {data['split_seed']} on the **10k t10k images only** (the only MNIST "
