@@ -13,6 +13,8 @@ PyOD defaults unless stated here:
   epochs of batch 32: too long for a CPU on KDD's 198k rows); every other argument a
   PyOD default.
 - deepsvdd: `epochs` set by the caller, likewise.
+- knn: PyOD's defaults throughout (5 neighbours, distance to the 5th as the score,
+  scikit-learn's automatic index); exact, so slow on large tables.
 
     pip install pyod    # (the `bench` extra)
 """
@@ -36,6 +38,7 @@ LABELS = {
     "ocsvm": f"OCSVM (PyOD, {OCSVM_ROWS:,} train rows)",
     "autoencoder": "AutoEncoder (PyOD)",
     "deepsvdd": "DeepSVDD (PyOD)",
+    "knn": "KNN (PyOD)",
 }
 
 
@@ -47,6 +50,7 @@ class BaselineResult:
     fit_seconds: float
     score_seconds: float
     params: dict[str, Any] = field(default_factory=dict)
+    scores: np.ndarray | None = field(default=None, repr=False)  # test scores; not saved
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "seed": self.seed, "metrics": self.metrics,
@@ -68,6 +72,10 @@ def make_detector(name: str, seed: int, n_features: int, epochs: int = 2,
         from pyod.models.ecod import ECOD
 
         return ECOD(), {}
+    if name == "knn":
+        from pyod.models.knn import KNN
+
+        return KNN(), {}
     if name == "ocsvm":
         from pyod.models.ocsvm import OCSVM
 
@@ -109,7 +117,7 @@ def run_baseline(name: str, train: np.ndarray, test_x: np.ndarray, test_y: np.nd
         params["nonfinite_scores"] = int((~np.isfinite(scores)).sum())
         scores = np.nan_to_num(scores, nan=0.0, posinf=np.finfo(np.float64).max)
     metrics = anomaly_metrics(scores, test_y, contamination)
-    return BaselineResult(name, seed, metrics, t1 - t0, t2 - t1, params)
+    return BaselineResult(name, seed, metrics, t1 - t0, t2 - t1, params, scores)
 
 
 def summarize(values: list[float]) -> tuple[float, float]:

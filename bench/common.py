@@ -115,10 +115,11 @@ def start_run(script: str, threads: int, argv: list[str]) -> tuple[dict[str, Any
 
 
 def train_recipe(recipe: str, dataset: Any, sets: list[str], seed: int,
-                 metrics: tuple[str, ...]) -> dict[str, Any]:
+                 metrics: tuple[str, ...], keep_test_scores: bool = False) -> dict[str, Any]:
     """Train `recipe` in this process on a preloaded `dataset` with `--set` overrides
     `sets` and `seed`, as `meg train` would; return the steps, the chosen final metrics,
-    the wall time and the equivalent `meg train` command."""
+    the wall time and the equivalent `meg train` command (and, with `keep_test_scores`,
+    the energies of `dataset.test_x` under "test_scores": a numpy array, not for JSON)."""
     import tempfile
 
     from training.config import apply_overrides, load_recipe
@@ -130,5 +131,11 @@ def train_recipe(recipe: str, dataset: Any, sets: list[str], seed: int,
         res = train(cfg, None, Path(tmp), progress=False, dataset=dataset)
     wall = time.perf_counter() - t0
     shown = " ".join(f"--set {s}" for s in sets)
-    return {"seed": seed, "steps": res.steps, "metrics": {k: res.metrics[k] for k in metrics},
-            "wall_seconds": round(wall, 2), "command": f"meg train {recipe} --seed {seed} {shown}"}
+    out = {"seed": seed, "steps": res.steps, "metrics": {k: res.metrics[k] for k in metrics},
+           "wall_seconds": round(wall, 2), "command": f"meg train {recipe} --seed {seed} {shown}"}
+    if keep_test_scores:
+        from training.evaluate import batched
+
+        device = next(res.model.energy.parameters()).device
+        out["test_scores"] = batched(res.model.energy, dataset.test_x, device)
+    return out

@@ -45,6 +45,7 @@ class TrainResult:
     metrics: dict[str, Any]
     steps: int
     seconds: float
+    model: MEG  # the trained networks, in eval mode
 
 
 # --------------------------------------------------------------------------- data
@@ -330,7 +331,9 @@ def train(
         )
     if dd.world > 1:
         dist.barrier()
-    return TrainResult(run_dir, bundle_dir, metrics, step, time.time() - t0)
+    for m in mods.values():
+        m.eval()
+    return TrainResult(run_dir, bundle_dir, metrics, step, time.time() - t0, meg)
 
 
 def _numpy_fns(meg: MEG, device: torch.device):

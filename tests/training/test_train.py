@@ -13,7 +13,8 @@ import torch
 from megtest import TINY, make_table
 
 from training.config import apply_overrides, load_recipe
-from training.train import CHECKPOINT, train
+from training.evaluate import anomaly_metrics
+from training.train import CHECKPOINT, load_data, train
 
 DATA = Path(os.environ.get("MEG_DATA_DIR", "data"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,3 +156,15 @@ def test_eval_time_mala_metrics(tmp_path):
     res = train(cfg, None, tmp_path / "run", progress=False)
     assert 0 <= res.metrics["mala_modes_covered"] <= 25
     assert 0.0 <= res.metrics["mala_acceptance"] <= 1.0
+
+
+def test_result_carries_the_trained_model(tmp_path):
+    cfg = tiny("digits")
+    res = train(cfg, None, tmp_path / "run", progress=False)
+    data = load_data(cfg.data)
+    assert not res.model.energy.training
+    with torch.no_grad():
+        energy = res.model.energy(torch.as_tensor(data.test_x)).numpy()
+    # The scores behind the reported metrics are this model's energies.
+    assert anomaly_metrics(energy, data.test_y, data.contamination)["auroc"] == pytest.approx(
+        res.metrics["auroc"], abs=1e-6)

@@ -141,16 +141,10 @@ def cap_anomalies(anomalies: np.ndarray, n_normal: int, share: float, seed: int)
     return anomalies[np.sort(keep)]
 
 
-def load_kdd(seed: int = 42) -> Dataset:
-    """KDD Cup 99 (10%) as a Dataset by the paper's protocol (module docstring):
-    121 model columns, train = label-0 rows of the sampled half, val = the label-0
-    test rows, test = those plus label-1 test rows up to 20% of the test set."""
-    t0 = time.perf_counter()
-    path = str(require_file(KDD_FILE))
-    df = _read_kdd(path)
-    codes = _category_codes(path)
+def split_rows(df: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row positions of the protocol's split: (training half, its label-0 training rows,
+    label-0 test rows, label-1 test rows after the 20% cap)."""
     y = (df["label"] == ANOMALY_LABEL).to_numpy()
-
     # Series.sample draws the same positions as the paper's df.sample (it depends only on
     # the length and the seed) without copying all 42 columns.
     train_half = df.index.to_series().sample(frac=0.5, random_state=seed).to_numpy()
@@ -160,6 +154,28 @@ def load_kdd(seed: int = 42) -> Dataset:
     test_normal = np.flatnonzero(~in_train & ~y)  # file order, as df.loc[~isin] gives
     test_anom = np.flatnonzero(~in_train & y)
     test_anom = cap_anomalies(test_anom, len(test_normal), TEST_ANOMALY_SHARE, seed)
+    return train_half, train_rows, test_normal, test_anom
+
+
+def row_labels(seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """The file's own labels (``smurf.``, ``normal.``, ...) of `load_kdd(seed)`'s training
+    rows and test rows, in the same order: for per-attack-type breakdowns."""
+    df = _read_kdd(str(require_file(KDD_FILE)))
+    _, train_rows, test_normal, test_anom = split_rows(df, seed)
+    labels = df["label"].to_numpy()
+    return labels[train_rows], labels[np.concatenate([test_normal, test_anom])]
+
+
+def load_kdd(seed: int = 42) -> Dataset:
+    """KDD Cup 99 (10%) as a Dataset by the paper's protocol (module docstring):
+    121 model columns, train = label-0 rows of the sampled half, val = the label-0
+    test rows, test = those plus label-1 test rows up to 20% of the test set."""
+    t0 = time.perf_counter()
+    path = str(require_file(KDD_FILE))
+    df = _read_kdd(path)
+    codes = _category_codes(path)
+    train_half, train_rows, test_normal, test_anom = split_rows(df, seed)
+    n_label1 = (df["label"] == ANOMALY_LABEL).sum()
 
     features = []
     for name in FEATURES:
@@ -179,8 +195,8 @@ def load_kdd(seed: int = 42) -> Dataset:
     info = {
         "seed": seed,
         "rows": int(len(df)),
-        "label1_rows": int(y.sum()),
-        "label0_rows": int((~y).sum()),
+        "label1_rows": int(n_label1),
+        "label0_rows": int(len(df) - n_label1),
         "train_half_rows": int(len(train_half)),
         "train_rows": int(len(train_rows)),
         "test_rows": int(len(test_y)),

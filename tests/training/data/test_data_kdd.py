@@ -20,6 +20,7 @@ from training.data.kdd import (
     _read_kdd,
     cap_anomalies,
     load_kdd,
+    row_labels,
 )
 
 REAL = Path(os.environ.get("MEG_DATA_DIR", "data")) / KDD_FILE
@@ -153,3 +154,14 @@ def test_cap_anomalies():
     assert set(capped) <= set(anomalies) and (np.diff(capped) > 0).all()
     assert len(capped) / (len(capped) + 200) == pytest.approx(0.2)
     assert not np.array_equal(capped, cap_anomalies(anomalies, 200, 0.2, seed=1))
+
+
+def test_row_labels_follow_the_split(kdd, paper_split):
+    train_labels, test_labels = row_labels(seed=42)
+    train, test_normal, test_anom = paper_split
+    assert len(train_labels) == len(kdd.train) and len(test_labels) == len(kdd.test_y)
+    assert (train_labels == train["label"].to_numpy()).all()
+    # Test rows: label-0 rows first (file order), then the label-1 rows.
+    assert (test_labels[: len(test_normal)] == test_normal["label"].to_numpy()).all()
+    assert ((test_labels == "normal.") == (kdd.test_y == 1)).all()
+    assert set(test_labels[kdd.test_y == 0]) >= {"smurf.", "neptune.", "back."}
