@@ -350,7 +350,13 @@ def breakdown_lines(data: dict[str, Any]) -> list[str]:
     return ["", "### Where the false positives come from", "",
             "Share of each test label's rows flagged by the top-20% rule, pooled over the "
             "runs (`normal.` row: recall; attack rows: false positives). Attack types sorted "
-            "by their share of the training rows.", "", md, "", sentence]
+            "by their share of the training rows.", "", md, "", sentence, "",
+            "Reading: meg's energy is shaped by density, so an attack type with a few hundred "
+            "training rows can sit at the energy of traffic never seen in training; a "
+            "nearest-neighbour distance only asks whether a row has close training rows, "
+            "which suits this protocol, where almost every test attack row has training rows "
+            "of its own attack type. KNN pays for it in search time (wall times above) and has no "
+            "sampler."]
 
 
 def render(data: dict[str, Any]) -> None:
