@@ -111,7 +111,24 @@ def start_run(script: str, threads: int, argv: list[str]) -> tuple[dict[str, Any
     info = machine_info()
     info["torch_threads"] = torch.get_num_threads()
     print(f"machine: {machine_line(info)}; torch threads {info['torch_threads']}", flush=True)
-    return info, f"MEG_DATA_DIR=... .venv/bin/python bench/{script} " + " ".join(argv)
+    return info, rerun_command(script, argv)
+
+
+def rerun_command(script: str, argv: list[str]) -> str:
+    """The shell command that reruns `script` with `argv`, quoted; `--note` is left out
+    (a note describes one run, and the docs print it beside the command)."""
+    import shlex
+
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            kept.append(arg)
+    return f"MEG_DATA_DIR=... .venv/bin/python bench/{script} " + shlex.join(kept)
 
 
 def train_recipe(recipe: str, dataset: Any, sets: list[str], seed: int,
