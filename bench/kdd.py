@@ -102,12 +102,11 @@ def run_meg(method: str, ds: Any, seed: int, split_seed: int, steps: int | None,
 def flagged_by_label(scores: np.ndarray, labels: np.ndarray, contamination: float) -> dict[str, int]:
     """How many test rows of each file label the top-`contamination` rule flags (the
     threshold `anomaly_metrics` uses)."""
-    flagged = flag(scores, threshold_from_scores(scores, contamination))
-    names, counts = np.unique(labels[flagged], return_counts=True)
-    return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
+    return label_counts(labels[flag(scores, threshold_from_scores(scores, contamination))])
 
 
 def label_counts(labels: np.ndarray) -> dict[str, int]:
+    """Rows per label."""
     names, counts = np.unique(labels, return_counts=True)
     return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
 
