@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from service.scoring import flag, threshold_from_scores
+from training.data.kdd import ANOMALY_LABEL, load_kdd, row_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import LABELS, RANDOM, run_baseline, summarize  # noqa: E402
@@ -210,9 +211,6 @@ def main() -> None:
     steps = 300 if args.quick and args.steps is None else args.steps
     ae_epochs = 1 if args.quick else args.ae_epochs
 
-
-    from training.data.kdd import load_kdd, row_labels
-
     info, command = start_run("kdd.py", args.threads, sys.argv[1:])
     load_start = os.getloadavg()
     t_start = time.perf_counter()
@@ -281,7 +279,6 @@ def main() -> None:
     render(data)
 
 
-ANOMALY = "normal."
 RARE_SHARE = 0.01  # an attack type "rare" below this share of the training rows
 SHOWN_TEST_ROWS = 100  # labels with fewer test rows a split are pooled into one row
 
@@ -304,16 +301,18 @@ def label_breakdown(data: dict[str, Any]) -> tuple[str, str]:
             test_per_split[k] = test_per_split.get(k, 0.0) + v / n_splits
     n_train = sum(train_total.values())
     train_share = {k: train_total.get(k, 0) / n_train for k in test_per_split}
-    attacks = sorted((k for k in test_per_split if k != ANOMALY), key=lambda k: -train_share[k])
+    attacks = sorted((k for k in test_per_split if k != ANOMALY_LABEL), key=lambda k: -train_share[k])
     shown = [k for k in attacks if test_per_split[k] >= SHOWN_TEST_ROWS]
     pooled = [k for k in attacks if k not in shown]
-    groups = [(f"`{ANOMALY}` (the anomaly class)", [ANOMALY])] + [(f"`{k}`", [k]) for k in shown]
+    groups = [(f"`{ANOMALY_LABEL}` (the anomaly class)", [ANOMALY_LABEL])] + [(f"`{k}`", [k]) for k in shown]
     if pooled:
         groups.append((f"other attacks ({len(pooled)} types)", pooled))
-    methods = [r["method"] for r in data["summary"] if any(x["method"] == r["method"] for x in runs)]
+    by_method = {r["method"]: [x for x in runs if x["method"] == r["method"]] for r in data["summary"]}
+    by_method = {m: rs for m, rs in by_method.items() if rs}
+    methods = list(by_method)
 
     def flagged_share(method: str, names: list[str]) -> float:
-        rs = [r for r in runs if r["method"] == method]
+        rs = by_method[method]
         hit = sum(r["flagged_by_label"].get(k, 0) for r in rs for k in names)
         total = sum(splits[str(r["split_seed"])]["test_labels"].get(k, 0) for r in rs for k in names)
         return hit / total if total else float("nan")
@@ -321,7 +320,7 @@ def label_breakdown(data: dict[str, Any]) -> tuple[str, str]:
     rows = []
     for title, names in groups:
         share = sum(train_share[k] for k in names)
-        rows.append([title, "—" if names == [ANOMALY] else f"{100 * share:.2f}%",
+        rows.append([title, "—" if names == [ANOMALY_LABEL] else f"{100 * share:.2f}%",
                      f"{sum(test_per_split[k] for k in names):,.0f}",
                      *(f"{100 * flagged_share(m, names):.1f}%" for m in methods)])
     md = table(["test label", "share of training rows", "test rows a split",
@@ -329,9 +328,8 @@ def label_breakdown(data: dict[str, Any]) -> tuple[str, str]:
 
     rare = [k for k in attacks if train_share[k] < RARE_SHARE]
     parts = []
-    for m in methods:
-        rs = [r for r in runs if r["method"] == m]
-        fp = sum(v for r in rs for k, v in r["flagged_by_label"].items() if k != ANOMALY)
+    for m, rs in by_method.items():
+        fp = sum(v for r in rs for k, v in r["flagged_by_label"].items() if k != ANOMALY_LABEL)
         fp_rare = sum(v for r in rs for k, v in r["flagged_by_label"].items() if k in rare)
         if fp:
             parts.append(f"{label(m)} {fp / len(rs):,.0f} a split, {100 * fp_rare / fp:.0f}% of "
