@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from service.scoring import flag, threshold_from_scores
+from meg.scoring import flag, threshold_from_scores
 from training.data.kdd import ANOMALY_LABEL, load_kdd, row_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -7,7 +7,7 @@
    HTTP time >= 0.8).
 2. 64 concurrent clients sending single-row /energy: batching on against off
    (throughput ratio; goal >= 4x).
-3. MALA: service.mala.mala against a plain implementation that recomputes the current
+3. MALA: meg.mala.mala against a plain implementation that recomputes the current
    state's energy and gradient every step (goal: >= 1.8x).
 4. ONNX Runtime generator against torch eager (the .pt2 module), batch 1 and 4096.
 
@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from common import machine_info, machine_line, table, write_section  # noqa: E402
 
-from service import bundle as B  # noqa: E402
-from service.mala import energy_and_grad, latent_energy, mala  # noqa: E402
-from service.models import choose_providers, session_options  # noqa: E402
+from meg import bundle as B  # noqa: E402
+from meg.mala import energy_and_grad, latent_energy, mala  # noqa: E402
+from service.engine.models import choose_providers, session_options  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 

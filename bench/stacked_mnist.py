@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, machine_info, machine_line, save_json, table, write_section  # noqa: E402
 from wgan_gp import DEFAULT_GP_WEIGHT, train_wgan_gp  # noqa: E402
 
-from service.bundle import DataSpec  # noqa: E402
-from service.render import image_grid  # noqa: E402
+from meg.bundle import DataSpec  # noqa: E402
+from meg.render import image_grid  # noqa: E402
 from training.config import RecipeConfig, apply_overrides, load_recipe  # noqa: E402
 from training.data import Dataset  # noqa: E402
 from training.data.mnist import load_mnist_arrays  # noqa: E402

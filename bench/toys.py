@@ -40,7 +40,7 @@ from common import (  # noqa: E402
 )
 from wgan_gp import train_wgan_gp  # noqa: E402
 
-from service.mala import sample_latent  # noqa: E402
+from meg.mala import sample_latent  # noqa: E402
 from training.config import RecipeConfig, apply_overrides, load_recipe  # noqa: E402
 from training.data import Dataset  # noqa: E402
 from training.data.toys import load_toy, toy_centres, toy_metrics  # noqa: E402

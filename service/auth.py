@@ -7,9 +7,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Header, Request
-
-from service.errors import ApiError
+from fastapi import Header, HTTPException, Request
 
 
 def _matches(candidate: str, keys: list[str]) -> bool:
@@ -34,8 +32,8 @@ async def require_api_key(
         if scheme.lower() == "bearer" and token.strip():
             candidate = token.strip()
     if candidate is None:
-        raise ApiError(401, "unauthorized", "missing API key (Authorization: Bearer <key> or "
-                       "X-API-Key: <key>)", None, {"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, "missing API key (Authorization: Bearer <key> or "
+                            "X-API-Key: <key>)", {"WWW-Authenticate": "Bearer"})
     if not _matches(candidate, keys):
-        raise ApiError(401, "unauthorized", "invalid API key", None,
-                       {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        raise HTTPException(401, "invalid API key",
+                            {"WWW-Authenticate": 'Bearer error="invalid_token"'})

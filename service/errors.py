@@ -1,6 +1,7 @@
 """One error shape for every failure: ``{"error": {"code", "message", "field"}}``.
 
-FastAPI's own validation and HTTP errors are re-shaped here; anything unexpected goes
+The engine's domain errors get their HTTP status here (ENGINE_STATUS), FastAPI's own
+validation and HTTP errors are re-shaped here; anything unexpected goes
 through a last-resort handler that logs the traceback and answers 500 in the same shape.
 """
 
@@ -14,6 +15,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.engine.errors import (
+    DeadlineExceeded,
+    EngineError,
+    InvalidInput,
+    ModelNotFound,
+    Unavailable,
+)
+
 log = logging.getLogger("service.errors")
 
 _HTTP_CODES = {
@@ -22,19 +31,6 @@ _HTTP_CODES = {
     422: "validation_error", 429: "too_many_requests", 500: "internal_error",
     503: "unavailable", 504: "timeout",
 }
-
-
-class ApiError(Exception):
-    """An error the client should see: HTTP status, stable machine code, message, field."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.headers = headers
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -85,8 +81,18 @@ async def _http_handler(request: Request, exc: StarletteHTTPException) -> JSONRe
     return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
 
 
-async def _api_handler(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
+# The engine's domain errors as HTTP statuses: the one place this mapping lives.
+ENGINE_STATUS: dict[type[EngineError], int] = {
+    InvalidInput: 422, ModelNotFound: 404, Unavailable: 503, DeadlineExceeded: 504}
+
+
+def engine_status(exc: EngineError) -> int:
+    return next((s for cls, s in ENGINE_STATUS.items() if isinstance(exc, cls)), 500)
+
+
+async def _engine_handler(request: Request, exc: EngineError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return error_response(engine_status(exc), exc.code, exc.message, exc.field, headers)
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -98,5 +104,5 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the error-shape handlers on `app`."""
     app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_handler)  # type: ignore[arg-type]
-    app.add_exception_handler(ApiError, _api_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(EngineError, _engine_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unhandled_handler)

@@ -16,7 +16,7 @@ import torch
 from fastapi import FastAPI
 
 from service.api import api, probes
-from service.core import Service
+from service.engine import Engine
 from service.errors import install_error_handlers
 from service.logs import setup_logging
 from service.metrics import Metrics
@@ -40,15 +40,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        service = Service(settings, metrics)
-        app.state.service = service
+        engine = Engine(settings, metrics)
+        app.state.engine = engine
         log.info("loading bundles from %s", settings.models_dir)
-        await service.load()
-        service.started = True
-        if not service.registry.models:
+        await engine.load()
+        engine.started = True
+        if not engine.registry.models:
             log.warning("no bundle loaded from %s; polling every %.1fs", settings.models_dir,
                         settings.poll_interval_s)
-        poller = asyncio.create_task(service.poll(), name="meg-poll-models")
+        poller = asyncio.create_task(engine.poll(), name="meg-poll-models")
         try:
             yield
         finally:
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-            await service.close()
+            await engine.close()
             log.info("shut down")
 
     app = FastAPI(title="meg model server", version="0.1.0", description=DESCRIPTION,

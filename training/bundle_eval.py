@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from service import bundle as B
+from meg import bundle as B
 from training.config import RecipeConfig
 from training.evaluate import evaluate
 from training.train import load_data

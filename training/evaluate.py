@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
-from service.scoring import flag, threshold_from_scores
+from meg.scoring import flag, threshold_from_scores
 from training.data import Dataset
 from training.data.toys import toy_metrics
 

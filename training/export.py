@@ -1,4 +1,4 @@
-"""Export a trained model as a self-contained bundle (format: service/bundle.py)."""
+"""Export a trained model as a self-contained bundle (format: meg/bundle.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from service import bundle as B
-from service.render import preview_png
+from meg import bundle as B
+from meg.render import preview_png
 from training.data import Dataset
 from training.model import MEG
 

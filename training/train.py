@@ -24,9 +24,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from service.bundle import valid_name
-from service.mala import sample_latent
-from service.render import preview_png
+from meg.bundle import valid_name
+from meg.mala import sample_latent
+from meg.render import preview_png
 from training import losses
 from training.config import DataConfig, RecipeConfig, TrainConfig
 from training.data import Dataset

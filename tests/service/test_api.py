@@ -111,9 +111,9 @@ def test_energy_inputs_and_records(client: TestClient) -> None:
 
 
 def test_records_match_inputs(client: TestClient) -> None:
-    from service.bundle import read_manifest
+    from meg.bundle import read_manifest
 
-    model_dir = client.app.state.service.registry.models["events"].path  # type: ignore[attr-defined]
+    model_dir = client.app.state.engine.registry.models["events"].path  # type: ignore[attr-defined]
     x = read_manifest(model_dir).preprocessing.transform_records([EVENT])
     a = client.post("/energy", json={"model": "events", "records": [EVENT]}).json()["energies"]
     b = client.post("/energy", json={"model": "events", "inputs": x.tolist()}).json()["energies"]
@@ -163,7 +163,7 @@ def test_onnx_and_torch_agree(client: TestClient) -> None:
     """The ONNX path (served energies) and the torch program (gradients, MALA) are the
     same function."""
     for name in ("toy", "events", "digits"):
-        model = client.app.state.service.registry.models[name]  # type: ignore[attr-defined]
+        model = client.app.state.engine.registry.models[name]  # type: ignore[attr-defined]
         x = np.random.default_rng(0).normal(size=(32, model.data_dim)).astype(np.float32)
         served = client.post("/energy", json={"model": name, "inputs": x.tolist()}).json()
         e_torch, _ = model.torch_energy_and_grad(x)

@@ -27,7 +27,7 @@ async def test_batched_equals_unbatched(toy_only: Path) -> None:
     # A long delay so that all 32 concurrent requests land in one or two batches.
     async with serve_app(_settings(toy_only, max_delay_ms=200, max_batch_size=64)) as (app, c):
         # Unbatched reference: one ONNX call per row on the same session.
-        model = app.state.service.registry.models["toy"]
+        model = app.state.engine.registry.models["toy"]
         single = [float(model.infer("energy", r[None])[0]) for r in rows]
         before = (await c.get("/metrics")).text
         responses = await asyncio.gather(*(
@@ -65,7 +65,7 @@ async def test_batching_disabled(toy_only: Path) -> None:
 
 def _slow(app: Any, seconds: float) -> None:
     """Make every ONNX call of `toy` take `seconds` (patched on the loaded model)."""
-    model = app.state.service.registry.models["toy"]
+    model = app.state.engine.registry.models["toy"]
     fast = model.infer
 
     def slow(op: str, x: np.ndarray) -> np.ndarray:

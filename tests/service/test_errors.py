@@ -151,7 +151,7 @@ def test_bad_inputs_never_reach_500(client: TestClient) -> None:
 
 
 def test_last_resort_handler(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    service = client.app.state.service  # type: ignore[attr-defined]
+    service = client.app.state.engine  # type: ignore[attr-defined]
 
     async def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("kaboom")

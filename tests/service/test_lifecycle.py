@@ -166,7 +166,7 @@ async def test_gpu_paths(toy_only: Path) -> None:
     import onnxruntime as ort
 
     async with serve_app(_settings(toy_only, device="cuda")) as (app, c):
-        model = app.state.service.registry.models["toy"]
+        model = app.state.engine.registry.models["toy"]
         assert model.torch_device.type == "cuda"
         if "CUDAExecutionProvider" in ort.get_available_providers():
             assert model.providers[0] == "CUDAExecutionProvider"

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import bundle as B
+from meg import bundle as B
 
 ROOT = Path(__file__).resolve().parents[2]
 
 LOADER = r"""
 import json, sys
 import numpy as np, onnxruntime as ort, torch
-from service import bundle as B
+from meg import bundle as B
 d = sys.argv[1]
 m = B.read_manifest(d)
 rng = np.random.default_rng(0)
@@ -110,7 +110,7 @@ def test_missing_file_and_bad_schema_are_named(bundles, tmp_path):
 
 
 def test_calibration_and_threshold_agree():
-    from service.scoring import percentile_rank, threshold_from_calibration, threshold_from_scores
+    from meg.scoring import percentile_rank, threshold_from_calibration, threshold_from_scores
 
     scores = np.random.default_rng(0).normal(size=10_000)
     cal = B.Calibration.from_scores(scores, contamination=0.1)

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import DataSpec, Preprocessing
+from meg.bundle import DataSpec
+from meg.preprocessing import Preprocessing
 
 
 @dataclass

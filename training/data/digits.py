@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import DataSpec
+from meg.bundle import DataSpec
 from training.data import Dataset
 
 NO_TEST_CONTAMINATION = 0.05

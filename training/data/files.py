@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.bundle import sha256_file
+from meg.bundle import sha256_file
 
 log = logging.getLogger(__name__)
 

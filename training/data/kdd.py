@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.bundle import DataSpec, Feature, Preprocessing
+from meg.bundle import DataSpec
+from meg.preprocessing import Feature, Preprocessing
 from training.data import Dataset
 from training.data.files import require_file
 from training.data.tabular import category_codes
@@ -110,18 +111,12 @@ def _category_codes(path: str) -> dict[str, tuple[list[str], np.ndarray]]:
 def encode_rows(
     df: pd.DataFrame, rows: np.ndarray, pre: Preprocessing, codes: dict[str, Any]
 ) -> np.ndarray:
-    """Model rows (len(rows), output_dim) float32 for positional `rows` of `df`,
-    computed exactly as `pre.transform_records` would (float64 arithmetic, then float32)."""
-    out = np.zeros((len(rows), pre.output_dim), dtype=np.float32)
-    col = 0
-    for feat in pre.features:
-        if feat.kind == "numeric":
-            values = df[feat.name].to_numpy(dtype=np.float64)[rows]
-            out[:, col] = (values - feat.offset) * feat.scale
-        else:
-            out[np.arange(len(rows)), col + codes[feat.name][1][rows]] = 1.0
-        col += feat.width
-    return out
+    """Model rows (len(rows), output_dim) float32 for positional `rows` of `df`, through
+    the bundle's own `Preprocessing.encode_columns`."""
+    return pre.encode_columns({
+        f.name: (df[f.name].to_numpy(dtype=np.float64)[rows] if f.kind == "numeric"
+                 else codes[f.name][1][rows])
+        for f in pre.features})
 
 
 def _min_max(values: np.ndarray) -> tuple[float, float]:

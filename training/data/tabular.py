@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-from service.bundle import DataSpec, Feature, Preprocessing, category_key
+from meg.bundle import DataSpec
+from meg.preprocessing import Feature, Preprocessing, category_key
 from training.data import Dataset
 from training.data.files import DataError
 
@@ -181,16 +182,7 @@ def load_tabular(
     pre = Preprocessing(features=features, unknown_category="error")
 
     def encode(rows: np.ndarray) -> np.ndarray:
-        # Same float64 arithmetic as Preprocessing.transform_records, then float32.
-        out = np.zeros((len(rows), pre.output_dim), dtype=np.float32)
-        c = 0
-        for feat, block in zip(features, blocks, strict=True):
-            if feat.kind == "numeric":
-                out[:, c] = (block[rows] - feat.offset) * feat.scale
-            else:
-                out[np.arange(len(rows)), c + block[rows]] = 1.0
-            c += feat.width
-        return out
+        return pre.encode_columns({f.name: b[rows] for f, b in zip(features, blocks, strict=True)})
 
     train, val = encode(train_rows), encode(val_rows)
     test_x = test_y = None

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import DataSpec
+from meg.bundle import DataSpec
 from training.data import Dataset
 
 TOYS = ("25gaussians", "8gaussians", "swissroll")

@@ -201,7 +201,7 @@ LEFT_OUT = [
 ]
 KEPT = [
     "pyproject.toml", "README.md", "service/__init__.py", "service/main.py",
-    "training/cli.py", "training/data/__init__.py", "training/data/digits.py",
+    "meg/cli.py", "training/data/__init__.py", "training/data/digits.py",
     "training/recipes/digits.toml",
 ]
 
@@ -240,7 +240,7 @@ def test_context_of_this_checkout(rules):
     """Walk the real checkout: only the package sources and project metadata go in."""
     sent = build_context(rules)
     top = {p.split("/")[0] for p in sent}
-    assert top <= {"pyproject.toml", "README.md", "LICENSE", "service", "training"}, sorted(top)
+    assert top <= {"pyproject.toml", "README.md", "LICENSE", "meg", "service", "training"}, sorted(top)
     assert "pyproject.toml" in sent
     weights = [p for p in sent if re.search(r"\.(onnx|pt2?|pth|ckpt|npz|npy|csv|parquet|gz)$", p)]
     assert not weights, weights
@@ -274,6 +274,6 @@ def test_context_is_enough_to_build_the_package(rules, tmp_path):
     assert out.returncode == 0, out.stderr
     (wheel,) = (tmp_path / "dist").glob("meg-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"service/main.py", "training/cli.py", "training/recipes/digits.toml"} <= names
+    assert {"service/main.py", "meg/cli.py", "training/recipes/digits.toml"} <= names
     assert not [n for n in names if n.startswith("tests/")]
 

@@ -206,7 +206,7 @@ def test_training_job_runs_torchrun_across_an_indexed_job(rendered):
     svc = objs[("Service", pod["subdomain"])]
     assert svc["spec"]["clusterIP"] == "None"
     assert host == f"{job['metadata']['name']}-0.{pod['subdomain']}"
-    assert args[args.index("-m") + 1 : args.index("-m") + 4] == ["training.cli", "train", "kddcup99"]
+    assert args[args.index("-m") + 1 : args.index("-m") + 4] == ["meg.cli", "train", "kddcup99"]
     assert args[args.index("--out") + 1].startswith("/models/")
     (vol,) = [v for v in pod["volumes"] if v["name"] == "models"]
     assert vol["persistentVolumeClaim"]["claimName"] == "meg-models"

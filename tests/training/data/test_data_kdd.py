@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.bundle import Preprocessing, RecordError
+from meg.preprocessing import Preprocessing, RecordError
 from training.data.kdd import (
     CATEGORICAL,
     FEATURES,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.bundle import RecordError
+from meg.preprocessing import RecordError
 from training.data.files import DataError
 from training.data.tabular import load_tabular
 

@@ -46,7 +46,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from service.bundle import read_manifest
+    from meg.bundle import read_manifest
 
     m = read_manifest(Path(args.bundle))
     info = m.to_json()
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from service.bundle import BundleError
+    from meg.bundle import BundleError
     from training.config import ConfigError
     from training.data.files import DataError
 

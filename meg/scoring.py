@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.bundle import Calibration
+from meg.bundle import Calibration
 
 
 def check_contamination(contamination: float) -> float:

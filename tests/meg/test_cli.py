@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import main
+from meg.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def test_info_and_eval(tiny_models_dir, capsys):
 
 def test_console_script_trains_a_bundle(tmp_path):
     meg = Path(sys.executable).with_name("meg")
-    cmd = [str(meg)] if meg.exists() else [sys.executable, "-m", "training.cli"]
+    cmd = [str(meg)] if meg.exists() else [sys.executable, "-m", "meg.cli"]
     out = tmp_path / "models" / "g8"
     proc = subprocess.run(
         cmd + ["train", "8gaussians", "--out", str(out), "--run-dir", str(tmp_path / "run"),

@@ -7,7 +7,8 @@ thread pool and hands every request its own slice of the result. A request is ne
 split, so one larger than `max_batch_size` runs alone. Rows are independent through the
 networks, so batching never changes a result (tests check it row for row).
 
-Full queue -> 503 with Retry-After; a request still waiting at its deadline -> 504.
+A full queue raises Unavailable (retry later); a request still waiting at its deadline
+raises DeadlineExceeded.
 With `max_batch_size == 1` or `max_delay == 0` batching is off: each request is its own
 call (still bounded by `queue_size` requests in flight and by the deadline).
 """
@@ -24,28 +25,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import ApiError
+from service.engine.errors import DeadlineExceeded, Unavailable
 from service.metrics import Metrics
 
-log = logging.getLogger("service.batching")
+log = logging.getLogger("service.engine.batching")
 
 InferFn = Callable[[np.ndarray], np.ndarray]
 
 
-class QueueFullError(ApiError):
-    def __init__(self, model: str, op: str, retry_after_s: int = 1):
-        super().__init__(503, "queue_full", f"too many queued {op} requests for model {model!r}; "
-                         "retry later", None, {"Retry-After": str(retry_after_s)})
+def queue_full(model: str, op: str) -> Unavailable:
+    return Unavailable("queue_full", f"too many queued {op} requests for model {model!r}; "
+                       "retry later")
 
 
-class DeadlineError(ApiError):
-    def __init__(self, what: str = "request"):
-        super().__init__(504, "timeout", f"{what} did not finish before its deadline")
-
-
-class ShuttingDownError(ApiError):
-    def __init__(self) -> None:
-        super().__init__(503, "shutting_down", "server is shutting down", None, {"Retry-After": "1"})
+def shutting_down() -> Unavailable:
+    return Unavailable("shutting_down", "server is shutting down")
 
 
 @dataclass
@@ -93,17 +87,17 @@ class DynamicBatcher:
         """Run `fn` on rows `x` (as part of a batch) and return this request's rows.
         `deadline` is in loop.time() seconds."""
         if self._closing:
-            raise ShuttingDownError()
+            raise shutting_down()
         loop = asyncio.get_running_loop()
         remaining = deadline - loop.time()
         if remaining <= 0:
-            raise DeadlineError()
+            raise DeadlineExceeded()
         # A request that fills a batch on its own gains nothing from waiting for company:
         # with nobody queued ahead of it (so order is kept) it runs at once.
         if not self.enabled or (len(x) >= self.max_batch_size and not self._queue):
             return await self._submit_direct(x, remaining)
         if len(self._queue) >= self.queue_size:
-            raise QueueFullError(self.model, self.op)
+            raise queue_full(self.model, self.op)
         item = _Item(x, loop.create_future(), loop.time(), deadline)
         self._queue.append(item)
         self._rows += len(x)
@@ -114,11 +108,11 @@ class DynamicBatcher:
         try:
             return await asyncio.wait_for(item.future, remaining)
         except TimeoutError:
-            raise DeadlineError() from None
+            raise DeadlineExceeded() from None
 
     async def _submit_direct(self, x: np.ndarray, remaining: float) -> np.ndarray:
         if self._in_flight >= self.queue_size:
-            raise QueueFullError(self.model, self.op)
+            raise queue_full(self.model, self.op)
         self._in_flight += 1
         self._depth.inc()
         try:
@@ -127,7 +121,7 @@ class DynamicBatcher:
             self._wait.observe(0.0)
             return await asyncio.wait_for(fut, remaining)
         except TimeoutError:
-            raise DeadlineError() from None
+            raise DeadlineExceeded() from None
         finally:
             self._in_flight -= 1
             self._depth.dec()
@@ -146,7 +140,7 @@ class DynamicBatcher:
             self._queue.popleft()
             self._rows -= len(item.x)
             if now >= item.deadline:
-                item.future.set_exception(DeadlineError())
+                item.future.set_exception(DeadlineExceeded())
                 continue
             self._wait.observe(now - item.enqueued)
             batch.append(item)

@@ -17,21 +17,18 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from service import bundle as B
-from service.mala import sample_latent
+from meg import bundle as B
+from meg.mala import sample_latent
+from service.engine.errors import DeadlineExceeded
 from service.metrics import Metrics
 from service.settings import Settings
 
-log = logging.getLogger("service.models")
+log = logging.getLogger("service.engine.models")
 
 OPS = ("generate", "energy", "encode")
 ONNX_FILES = {"generate": B.GENERATOR_ONNX, "energy": B.ENERGY_ONNX, "encode": B.ENCODER_ONNX}
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
-
-
-class DeadlineExceeded(Exception):
-    """Raised inside a pool thread when blocking work outlives its request."""
 
 
 def choose_providers(device: str) -> list[str]:
@@ -138,7 +135,7 @@ class LoadedModel:
         if deadline is not None:
             def energy(x: torch.Tensor) -> torch.Tensor:
                 if time.monotonic() > deadline:
-                    raise DeadlineExceeded("MALA ran past the request deadline")
+                    raise DeadlineExceeded("MALA")
                 return self.energy_pt(x)
 
         res = sample_latent(self.generator_pt, energy, n=n, latent_dim=self.latent_dim,

@@ -1,12 +1,17 @@
-"""The engine behind the routes: model lookup, input checking, and the operations
-(sample, energy, encode, anomaly, preview). Blocking work runs in the inference thread
-pool; feed-forward ops go through the dynamic batchers.
+"""The engine: models, batching and the operations (sample, energy, encode, anomaly,
+preview), with no knowledge of any protocol. Operations return typed results
+(service/engine/results.py) and raise domain errors (service/engine/errors.py); each
+front-end (the HTTP API today) maps those to its own shapes in one place.
+
+Blocking work runs in the inference thread pool; feed-forward ops go through the dynamic
+batchers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,38 +19,29 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service import scoring
-from service.batching import BatcherPool, DeadlineError
-from service.bundle import Preprocessing, RecordError, valid_name
-from service.errors import ApiError
+from meg import scoring
+from meg.bundle import valid_name
+from meg.preprocessing import RecordError
+from meg.render import preview_png
+from service.engine.batching import BatcherPool
+from service.engine.errors import DeadlineExceeded, InvalidInput, ModelNotFound, Unavailable
+from service.engine.models import LoadedModel, ModelRegistry
+from service.engine.results import (
+    Anomalies,
+    Contribution,
+    Energies,
+    Latents,
+    MCMCParams,
+    Rows,
+    Samples,
+)
 from service.metrics import Metrics
-from service.models import DeadlineExceeded, LoadedModel, ModelRegistry
-from service.render import preview_png
 from service.settings import Settings
 
-log = logging.getLogger("service.core")
+log = logging.getLogger("service.engine")
 
 T = TypeVar("T")
 _F32_MAX = float(np.finfo(np.float32).max)
-
-
-def decode_records(pre: Preprocessing, rows: np.ndarray) -> list[dict[str, Any]]:
-    """Model-space rows back to raw records: numeric columns un-scaled, categorical
-    features as the argmax of their one-hot block (the inverse of transform_records)."""
-    out: list[dict[str, Any]] = [{} for _ in range(len(rows))]
-    col = 0
-    for feat in pre.features:
-        if feat.kind == "numeric":
-            scale = feat.scale if feat.scale else 1.0
-            values = rows[:, col].astype(np.float64) / scale + feat.offset
-            for rec, v in zip(out, values, strict=True):
-                rec[feat.name] = float(v)
-        else:
-            idx = rows[:, col:col + feat.width].argmax(axis=1)
-            for rec, k in zip(out, idx, strict=True):
-                rec[feat.name] = feat.categories[int(k)]
-        col += feat.width
-    return out
 
 
 def column_groups(model: LoadedModel, records: bool) -> tuple[list[str], np.ndarray]:
@@ -62,8 +58,17 @@ def column_groups(model: LoadedModel, records: bool) -> tuple[list[str], np.ndar
     return names, np.arange(model.data_dim)
 
 
-class Service:
-    """Everything a request needs; one per app (stored on app.state.service)."""
+def _finite(out: np.ndarray, what: str) -> np.ndarray:
+    # No protocol can carry NaN/Inf as an answer; an input extreme enough to overflow the
+    # network is the client's to fix, not a server failure.
+    if not np.all(np.isfinite(out)):
+        raise InvalidInput("non_finite_output", f"the model's {what} overflowed for these "
+                           "inputs (values too large)", "inputs")
+    return out
+
+
+class Engine:
+    """Everything an operation needs; one per server process."""
 
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
@@ -103,72 +108,67 @@ class Service:
         # Off the loop: waiting for a busy pool thread must not freeze the event loop.
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=False)
 
-    # ------------------------------------------------------------------ helpers
-
-    def deadline(self) -> float:
-        return asyncio.get_running_loop().time() + self.settings.request_timeout_s
+    # ------------------------------------------------------------------ models and rows
 
     def resolve(self, name: str | None) -> LoadedModel:
-        """The model a request names (or the default). 422 bad name, 404 unknown, 503 none."""
+        """The model a request names, or the default one."""
         if name is None:
             name = self.registry.default_name
             if name is None:
-                raise ApiError(503, "no_model", "no model is loaded yet", "model",
-                               {"Retry-After": str(int(self.settings.poll_interval_s) or 1)})
+                raise Unavailable("no_model", "no model is loaded yet",
+                                  int(self.settings.poll_interval_s) or 1)
         if not valid_name(name):
-            raise ApiError(422, "invalid_model_name",
-                           "model names are letters, digits, '.', '_' and '-' (at most 64)",
-                           "model")
+            raise InvalidInput("invalid_model_name",
+                               "model names are letters, digits, '.', '_' and '-' (at most 64)",
+                               "model")
         model = self.registry.models.get(name)
         if model is None:
             reason = self.registry.failed.get(name)
             msg = f"model {name!r} failed to load: {reason}" if reason else f"unknown model {name!r}"
-            raise ApiError(404, "model_not_found", msg, "model")
+            raise ModelNotFound("model_not_found", msg, "model")
         return model
 
-    def rows(self, model: LoadedModel, inputs: list[list[float]] | None,
-             records: list[dict[str, Any]] | None) -> np.ndarray:
-        """Request rows as float32 (N, data_dim), checked: row count, widths, float32 range."""
+    def rows(self, model: LoadedModel, inputs: list[list[float]] | np.ndarray | None = None,
+             records: list[dict[str, Any]] | None = None) -> Rows:
+        """Request rows in model space, checked: row count, widths, float32 range. Give
+        exactly one of `inputs` (model-space rows) or `records` (through the bundle's
+        preprocessing)."""
         n = len(inputs) if inputs is not None else len(records or [])
         field = "inputs" if inputs is not None else "records"
         if n > self.settings.max_rows:
-            raise ApiError(422, "too_many_rows", f"{n} rows; at most {self.settings.max_rows} per "
-                           "request", field)
+            raise InvalidInput("too_many_rows", f"{n} rows; at most {self.settings.max_rows} "
+                               "per request", field)
         if records is not None:
             pre = model.manifest.preprocessing
             if pre is None:
-                raise ApiError(422, "records_not_supported", f"model {model.name!r} has no "
-                               "preprocessing; send model-space 'inputs' instead", "records")
+                raise InvalidInput("records_not_supported", f"model {model.name!r} has no "
+                                   "preprocessing; send model-space 'inputs' instead", "records")
             try:
                 x = pre.transform_records(records)
             except RecordError as e:
-                raise ApiError(422, "invalid_record", str(e), e.field) from None
+                raise InvalidInput("invalid_record", str(e), e.field) from None
             if x.shape[1] != model.data_dim:  # a bundle inconsistency, not the client's fault
                 raise RuntimeError(f"{model.name}: preprocessing gives {x.shape[1]} columns, "
                                    f"model expects {model.data_dim}")
-            return x
+            return Rows(x, from_records=True)
         assert inputs is not None
         dim = model.data_dim
         for i, row in enumerate(inputs):
             if len(row) != dim:
-                raise ApiError(422, "wrong_dimension", f"inputs[{i}] has {len(row)} values; "
-                               f"model {model.name!r} expects {dim}", f"inputs[{i}]")
+                raise InvalidInput("wrong_dimension", f"inputs[{i}] has {len(row)} values; "
+                                   f"model {model.name!r} expects {dim}", f"inputs[{i}]")
         x64 = np.asarray(inputs, dtype=np.float64)
-        big = np.abs(x64) > _F32_MAX  # finite in JSON, infinite as float32
+        big = np.abs(x64) > _F32_MAX  # finite as float64, infinite as float32
         if big.any():
             i, j = (int(v) for v in np.argwhere(big)[0])
-            raise ApiError(422, "out_of_range", f"inputs[{i}][{j}] exceeds the float32 range",
-                           f"inputs[{i}][{j}]")
-        return x64.astype(np.float32)
+            raise InvalidInput("out_of_range", f"inputs[{i}][{j}] exceeds the float32 range",
+                               f"inputs[{i}][{j}]")
+        return Rows(x64.astype(np.float32))
 
-    @staticmethod
-    def finite(out: np.ndarray, what: str) -> np.ndarray:
-        # JSON cannot carry NaN/Inf; an input extreme enough to overflow the network is
-        # the client's to fix (4xx), not a server failure.
-        if not np.all(np.isfinite(out)):
-            raise ApiError(422, "non_finite_output", f"the model's {what} overflowed for these "
-                           "inputs (values too large)", "inputs")
-        return out
+    # ------------------------------------------------------------------ running work
+
+    def deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.settings.request_timeout_s
 
     async def infer(self, model: LoadedModel, op: str, x: np.ndarray, deadline: float) -> np.ndarray:
         """A feed-forward op through the (model, op) batcher."""
@@ -192,89 +192,93 @@ class Service:
 
         remaining = deadline - loop.time()
         if remaining <= 0:
-            raise DeadlineError()
+            raise DeadlineExceeded()
         try:
             return await asyncio.wait_for(loop.run_in_executor(self.executor, timed), remaining)
-        except (TimeoutError, DeadlineExceeded):
-            raise DeadlineError() from None
+        except TimeoutError:
+            raise DeadlineExceeded() from None
 
     # ------------------------------------------------------------------ operations
 
     def check_n(self, n: int, steps: int | None) -> None:
         if n > self.settings.max_samples:
-            raise ApiError(422, "too_many_samples", f"n={n}; at most {self.settings.max_samples}", "n")
+            raise InvalidInput("too_many_samples", f"n={n}; at most {self.settings.max_samples}",
+                               "n")
         if steps is not None and steps > self.settings.max_mcmc_steps:
-            raise ApiError(422, "too_many_steps", f"mcmc.steps={steps}; at most "
-                           f"{self.settings.max_mcmc_steps}", "mcmc.steps")
+            raise InvalidInput("too_many_steps", f"mcmc.steps={steps}; at most "
+                               f"{self.settings.max_mcmc_steps}", "mcmc.steps")
 
-    async def sample(self, model: LoadedModel, n: int, seed: int,
-                     mcmc: dict[str, Any] | None) -> dict[str, Any]:
-        """z ~ N(0, I) (numpy, seeded) or latent MALA (torch, seeded), then the ONNX
-        generator. Returns samples, latent and MALA statistics as arrays."""
+    async def sample(self, model: LoadedModel, n: int, seed: int | None = None,
+                     mcmc: MCMCParams | None = None, return_records: bool = False) -> Samples:
+        """Draw `n` samples: z ~ N(0, I) (numpy, seeded) or latent MALA (torch, seeded),
+        then the ONNX generator. Same seed, same samples; a random seed when None."""
+        self.check_n(n, mcmc.steps if mcmc else None)
+        pre = model.manifest.preprocessing
+        if return_records and pre is None:
+            raise InvalidInput("records_not_supported",
+                               f"model {model.name!r} has no preprocessing", "return_records")
+        seed = seed if seed is not None else secrets.randbits(63)
         deadline = self.deadline()
-        out: dict[str, Any] = {}
+        rate = eps = None
         if mcmc is None:
             z = np.random.default_rng(seed).standard_normal((n, model.latent_dim), dtype=np.float32)
         else:
             # The same deadline on the monotonic clock, so the chain itself can stop.
             stop_at = time.monotonic() + (deadline - asyncio.get_running_loop().time())
             z, acc, eps = await self.blocking(
-                model.sample_latent_mcmc, n, mcmc["steps"], mcmc["step_size"],
-                mcmc["temperature"], mcmc["prior"], mcmc["adapt"], seed, stop_at,
-                deadline=deadline, model=model.name, op="mala")
+                model.sample_latent_mcmc, n, mcmc.steps, mcmc.step_size, mcmc.temperature,
+                mcmc.prior, mcmc.adapt, seed, stop_at, deadline=deadline, model=model.name,
+                op="mala")
             rate = float(acc.mean())
             self.metrics.mala_acceptance.labels(model=model.name).observe(rate)
-            out["acceptance_rate"], out["step_size"] = rate, eps
-        x = self.finite(await self.infer(model, "generate", z, deadline), "samples")
+        x = _finite(await self.infer(model, "generate", z, deadline), "samples")
         self.metrics.samples.labels(model=model.name, mcmc=str(mcmc is not None).lower()).inc(n)
-        out["samples"], out["latent"] = x, z
-        return out
+        records = pre.decode_rows(x) if return_records and pre is not None else None
+        return Samples(model.name, model.version, seed, x, z, records, rate, eps)
 
-    async def energy(self, model: LoadedModel, x: np.ndarray) -> np.ndarray:
-        return self.finite(await self.infer(model, "energy", x, self.deadline()), "energy")
+    async def energy(self, model: LoadedModel, rows: Rows) -> Energies:
+        e = _finite(await self.infer(model, "energy", rows.x, self.deadline()), "energy")
+        return Energies(model.name, model.version, e)
 
-    async def encode(self, model: LoadedModel, x: np.ndarray) -> np.ndarray:
-        return self.finite(await self.infer(model, "encode", x, self.deadline()), "latent code")
+    async def encode(self, model: LoadedModel, rows: Rows) -> Latents:
+        z = _finite(await self.infer(model, "encode", rows.x, self.deadline()), "latent code")
+        return Latents(model.name, model.version, z)
 
-    async def anomaly(self, model: LoadedModel, x: np.ndarray, threshold: float | None,
-                      contamination: float | None, explain: bool, top_k: int,
-                      from_records: bool) -> tuple[float, list[dict[str, Any]]]:
-        """Scores, percentiles and flags (service/scoring.py decides the threshold);
+    async def anomaly(self, model: LoadedModel, rows: Rows, threshold: float | None = None,
+                      contamination: float | None = None, explain: bool = False,
+                      top_k: int = 5) -> Anomalies:
+        """Scores, percentiles and flags (meg/scoring.py decides the threshold);
         optional explanations from the torch gradient of the energy."""
         deadline = self.deadline()
         cal = model.manifest.calibration
         if threshold is None:
             threshold = scoring.threshold_from_calibration(cal, contamination)
-        scores = self.finite(await self.infer(model, "energy", x, deadline), "energy")
-        pct = scoring.percentile_rank(cal, scores)
+        scores = _finite(await self.infer(model, "energy", rows.x, deadline), "energy")
         flags = scoring.flag(scores, threshold)
-        results: list[dict[str, Any]] = [
-            {"score": float(s), "percentile": float(p), "is_anomaly": bool(f)}
-            for s, p, f in zip(scores, pct, flags, strict=True)]
+        explanations = None
         if explain:
-            _, grad = await self.blocking(model.torch_energy_and_grad, x, deadline=deadline,
+            _, grad = await self.blocking(model.torch_energy_and_grad, rows.x, deadline=deadline,
                                           model=model.name, op="explain")
-            names, groups = column_groups(model, from_records)
-            summed = np.zeros((len(x), len(names)), dtype=np.float64)
+            names, groups = column_groups(model, rows.from_records)
+            summed = np.zeros((len(rows.x), len(names)), dtype=np.float64)
             np.add.at(summed.T, groups, grad.T.astype(np.float64))  # sum columns per feature
             k = min(top_k, len(names))
             order = np.argsort(-np.abs(summed), axis=1, kind="stable")[:, :k]
-            for r, res in enumerate(results):
-                res["explanation"] = [{"feature": names[j], "gradient": float(summed[r, j])}
-                                      for j in order[r]]
-        self.metrics.anomaly_scored.labels(model=model.name).inc(len(x))
+            explanations = [[Contribution(names[j], float(summed[r, j])) for j in order[r]]
+                            for r in range(len(rows.x))]
+        self.metrics.anomaly_scored.labels(model=model.name).inc(len(rows.x))
         self.metrics.anomalies_flagged.labels(model=model.name).inc(int(flags.sum()))
-        return float(threshold), results
+        return Anomalies(model.name, model.version, float(threshold), scores,
+                         scoring.percentile_rank(cal, scores), flags, explanations)
 
-    async def preview(self, model: LoadedModel, n: int, steps: int, seed: int) -> bytes:
+    async def preview(self, model: LoadedModel, n: int, steps: int, seed: int | None) -> bytes:
         """A PNG of `n` samples: image grid, 2-D scatter over energy, or energy histogram."""
-        mcmc = None if steps == 0 else {"steps": steps, "step_size": 0.01, "temperature": 1.0,
-                                        "prior": True, "adapt": False}
+        mcmc = None if steps == 0 else MCMCParams(steps=steps)
         res = await self.sample(model, n, seed, mcmc)
 
         def energy_fn(rows: np.ndarray) -> np.ndarray:
             return model.infer("energy", rows)
 
-        return await self.blocking(preview_png, model.manifest.data, res["samples"], energy_fn,
+        return await self.blocking(preview_png, model.manifest.data, res.samples, energy_fn,
                                    deadline=self.deadline(), model=model.name, op="render",
                                    backend="onnxruntime")

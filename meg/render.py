@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from service.bundle import DataSpec
+from meg.bundle import DataSpec
 
 
 def _png(img: Image.Image) -> bytes:

@@ -20,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from meg.preprocessing import Preprocessing
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -63,117 +65,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-
-@dataclass
-class Feature:
-    """One input column. Numeric: x' = (x - offset) * scale. Categorical: one-hot over
-    `categories` (strings), columns named ``name=category``."""
-
-    name: str
-    kind: str  # "numeric" | "categorical"
-    offset: float = 0.0
-    scale: float = 1.0
-    categories: list[str] = field(default_factory=list)
-
-    @property
-    def width(self) -> int:
-        return len(self.categories) if self.kind == "categorical" else 1
-
-    def column_names(self) -> list[str]:
-        if self.kind == "categorical":
-            return [f"{self.name}={c}" for c in self.categories]
-        return [self.name]
-
-
-class RecordError(ValueError):
-    """A record cannot be turned into a model vector; `field` names the culprit."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-
-
-def category_key(value: Any) -> str:
-    """Canonical string for a category value: 1, 1.0 and "1" are the same category."""
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-@dataclass
-class Preprocessing:
-    """Plain-JSON description of how records (named features) become model rows.
-
-    `unknown_category`: "error" (default) rejects a category not seen in training;
-    "zeros" encodes it as an all-zero one-hot block (documented fallback).
-    """
-
-    features: list[Feature]
-    unknown_category: str = "error"
-
-    @property
-    def output_dim(self) -> int:
-        return sum(f.width for f in self.features)
-
-    def column_names(self) -> list[str]:
-        return [c for f in self.features for c in f.column_names()]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"unknown_category": self.unknown_category, "features": [asdict(f) for f in self.features]}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Preprocessing:
-        return cls(
-            features=[Feature(**f) for f in d["features"]],
-            unknown_category=d.get("unknown_category", "error"),
-        )
-
-    def transform_records(self, records: list[dict[str, Any]]) -> np.ndarray:
-        """Records (feature name -> value) to model rows (N, output_dim) float32.
-
-        Raises RecordError for a missing or unknown feature, a non-number where a number
-        is expected, a non-finite number, or an unknown category (unless "zeros")."""
-        known = {f.name for f in self.features}
-        out = np.zeros((len(records), self.output_dim), dtype=np.float32)
-        for i, rec in enumerate(records):
-            if not isinstance(rec, dict):
-                raise RecordError(f"records[{i}] is not an object", f"records[{i}]")
-            extra = set(rec) - known
-            if extra:
-                name = sorted(extra)[0]
-                raise RecordError(f"unknown feature {name!r} in records[{i}]", f"records[{i}].{name}")
-            col = 0
-            for feat in self.features:
-                where = f"records[{i}].{feat.name}"
-                if feat.name not in rec:
-                    raise RecordError(f"missing feature {feat.name!r} in records[{i}]", where)
-                value = rec[feat.name]
-                if feat.kind == "numeric":
-                    if isinstance(value, bool) or not isinstance(value, int | float):
-                        raise RecordError(f"{where} must be a number, got {value!r}", where)
-                    if not np.isfinite(value):
-                        raise RecordError(f"{where} must be finite", where)
-                    out[i, col] = (float(value) - feat.offset) * feat.scale
-                else:
-                    key = category_key(value)
-                    try:
-                        out[i, col + feat.categories.index(key)] = 1.0
-                    except ValueError:
-                        if self.unknown_category != "zeros":
-                            shown = ", ".join(feat.categories[:10])
-                            raise RecordError(
-                                f"unknown category {key!r} for {feat.name!r} "
-                                f"(known: {shown}{', ...' if len(feat.categories) > 10 else ''})",
-                                where,
-                            ) from None
-                col += feat.width
-        return out
 
 
 # --------------------------------------------------------------------------- calibration

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from service.mala import latent_energy, mala, sample_latent
+from meg.mala import latent_energy, mala, sample_latent
 
 
 def gaussian_energy(mean: torch.Tensor, cov: torch.Tensor):
@@ -24,7 +24,7 @@ def gaussian_energy(mean: torch.Tensor, cov: torch.Tensor):
 
 def _wrong_mala(z, energy_fn, step_size, n_steps, generator):
     """The paper's rule: norms instead of squared norms in the proposal densities."""
-    from service.mala import energy_and_grad
+    from meg.mala import energy_and_grad
 
     eps = step_size
     u, g = energy_and_grad(energy_fn, z)
