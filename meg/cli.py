@@ -27,6 +27,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.seed={args.seed}")
     if args.device is not None:
         overrides.append(f"train.device={args.device}")
+    if args.threads is not None:
+        overrides.append(f"train.num_threads={args.threads}")
     cfg = apply_overrides(cfg, overrides)
     out = Path(args.out) if args.out else Path("models") / cfg.name
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / out.name
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     t.add_argument("--seed", type=int, help="random seed (same seed, same run)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (CUDA when present)")
+    t.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads (train.num_threads); default 0 = auto: the CPUs this "
+                   "process may use (cgroup quota, affinity, OMP_NUM_THREADS) less the load")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=_cmd_train)
 

@@ -69,7 +69,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    num_threads: int = 0  # torch intra-op threads (0: torch's default)
+    num_threads: int = 0  # torch intra-op threads (0: auto, from the CPUs free to this process)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from torch import nn
 from meg.bundle import valid_name
 from meg.mala import sample_latent
 from meg.render import preview_png
+from meg.threads import auto_threads
 from training import losses
 from training.config import DataConfig, RecipeConfig, TrainConfig
 from training.data import Dataset
@@ -167,8 +169,11 @@ def train(
     tc = cfg.train
     device = resolve_device(tc.device)
     dd = init_distributed(device)
-    if tc.num_threads > 0:
-        torch.set_num_threads(tc.num_threads)
+    threads = auto_threads(tc.num_threads, use_load=True,
+                           processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(threads.threads)
+    if dd.main:
+        print(f"{cfg.name}: threads: {threads.reason}", file=sys.stderr, flush=True)
     if out is not None and not valid_name(Path(out).name):
         raise ValueError(f"--out {out}: the directory name is the model name; use letters, digits, _ . -")
     torch.manual_seed(tc.seed + dd.rank)
@@ -316,7 +321,8 @@ def train(
     bundle_dir = None
     if dd.main:
         metrics = _evaluate(meg, data, device, tc)
-        metrics.update({"steps": step, "train_seconds": round(time.time() - t0, 2)})
+        metrics.update({"steps": step, "train_seconds": round(time.time() - t0, 2),
+                        "threads": threads.threads})
         if writer is not None:
             for k, v in metrics.items():
                 if isinstance(v, int | float):

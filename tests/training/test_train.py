@@ -95,6 +95,19 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert hist[0]["step"] > 10  # only the resumed steps ran
 
 
+def test_thread_count_is_stated_and_applied(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    calls: list[int] = []
+    res = train(tiny("25gaussians", "data.n=1000", "train.steps=2", "train.num_threads=3"), None,
+                tmp_path / "run", progress=False)
+    assert calls == [3] and res.metrics["threads"] == 3
+    assert "25gaussians: threads: 3 (requested)" in capsys.readouterr().err
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # auto honours the environment's cap
+    res = train(tiny("25gaussians", "data.n=1000", "train.steps=2"), None, tmp_path / "run2",
+                progress=False)
+    assert calls[-1] == 1 and "OMP_NUM_THREADS=1" in capsys.readouterr().err
+
+
 
 
 def test_two_process_data_parallel(tmp_path):
