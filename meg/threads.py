@@ -59,20 +59,23 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) 
     process's cgroup is usually the namespace root, so the root files are tried too."""
     paths = _cgroup_paths(proc_cgroup)
     v2 = [root / paths[""].lstrip("/")] if "" in paths else []
-    for d in [*v2, root]:
-        text = _read(d / "cpu.max")
-        if text is not None:
-            fields = text.split()
-            if len(fields) >= 1 and fields[0] != "max":
-                period = float(fields[1]) if len(fields) > 1 else 100_000.0
-                return _positive_ratio(float(fields[0]), period)
-            return None
-    sub = paths.get("cpu", "/").lstrip("/")
-    for d in [root / name / sub for name in ("cpu", "cpu,cpuacct")] + [root / "cpu", root]:
-        quota = _read(d / "cpu.cfs_quota_us")
-        period = _read(d / "cpu.cfs_period_us")
-        if quota is not None and period is not None:
-            return _positive_ratio(float(quota), float(period))
+    try:
+        for d in [*v2, root]:
+            text = _read(d / "cpu.max")
+            if text is not None:
+                fields = text.split()
+                if len(fields) >= 1 and fields[0] != "max":
+                    period = float(fields[1]) if len(fields) > 1 else 100_000.0
+                    return _positive_ratio(float(fields[0]), period)
+                return None
+        sub = paths.get("cpu", "/").lstrip("/")
+        for d in [root / name / sub for name in ("cpu", "cpu,cpuacct")] + [root / "cpu", root]:
+            quota_us = _read(d / "cpu.cfs_quota_us")
+            period_us = _read(d / "cpu.cfs_period_us")
+            if quota_us is not None and period_us is not None:
+                return _positive_ratio(float(quota_us), float(period_us))
+    except ValueError:  # a file we do not understand: no bound rather than a crash
+        return None
     return None
 
 

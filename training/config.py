@@ -83,31 +83,73 @@ class RecipeConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RecipeConfig:
-        unknown = set(d) - {"name", "data", "model", "train"}
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> RecipeConfig:
+        """Build from nested dicts, checking every section, key and value type; errors
+        start with `where` (a file path, `--set ...`, a manifest)."""
+        sections = _section_types()
+        unknown = set(d) - {"name", *sections}
         if unknown:
-            raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
-        return cls(
-            name=str(d.get("name", "custom")),
-            data=_build(DataConfig, d.get("data", {}), "data"),
-            model=_build(ModelConfig, d.get("model", {}), "model"),
-            train=_build(TrainConfig, d.get("train", {}), "train"),
-        )
+            raise ConfigError(
+                f"{where}: unknown section(s) {', '.join(f'[{u}]' for u in sorted(unknown))} "
+                f"(known: {', '.join(sorted(sections))})"
+            )
+        name = d.get("name", "custom")
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: name: expected str, got {type(name).__name__} {name!r}")
+        built = {}
+        for section in sections:
+            values = d.get(section, {})
+            if not isinstance(values, dict):
+                raise ConfigError(f"{where}: {section}: expected a [{section}] table, got {values!r}")
+            built[section] = _build(sections[section], values, section, where)
+        return cls(name=name, **built)
 
 
 class ConfigError(ValueError):
     """A recipe, a config file or an override is wrong; the message says what to fix."""
 
 
-def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+def _section_types() -> dict[str, type]:
+    """Section name -> its dataclass, read off RecipeConfig's fields."""
+    return {f.name: f.default_factory for f in fields(RecipeConfig)  # type: ignore[misc]
+            if f.name != "name"}
+
+
+def _build(cls: type, values: dict[str, Any], section: str, where: str) -> Any:
+    defaults = cls()
     names = {f.name for f in fields(cls)}
     unknown = set(values) - names
     if unknown:
         raise ConfigError(
-            f"unknown key(s) in [{section}]: {', '.join(sorted(unknown))} "
+            f"{where}: unknown key(s) in [{section}]: {', '.join(sorted(unknown))} "
             f"(known: {', '.join(sorted(names))})"
         )
-    return cls(**values)
+    checked = {
+        k: check_value(section, k, v, getattr(defaults, k), where) for k, v in values.items()
+    }
+    return cls(**checked)
+
+
+def check_value(section: str, key: str, value: Any, default: Any, where: str) -> Any:
+    """`value` for `section.key` if it has the default's type (an int where a float is
+    expected becomes a float), else a ConfigError naming where, the key, the expected
+    type and the value."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if default is None:  # an optional value: any type
+        return value
+    expected = type(default).__name__
+    ok = _same_kind(default, value)
+    if ok and isinstance(default, list) and default and value:
+        # A list default with elements fixes the element type (layer widths are ints).
+        kind = default[0]
+        ok = all(_same_kind(kind, v) for v in value)
+        expected = f"list of {type(kind).__name__}"
+    if not ok:
+        raise ConfigError(
+            f"{where}: {section}.{key}: expected {expected}, got {type(value).__name__} {value!r}"
+        )
+    return value
 
 
 def list_recipes() -> list[str]:
@@ -130,7 +172,7 @@ def load_recipe(name_or_path: str) -> RecipeConfig:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: {e}") from e
     raw.setdefault("name", path.stem)
-    return RecipeConfig.from_dict(raw)
+    return RecipeConfig.from_dict(raw, where=str(path))
 
 
 def _parse_value(text: str) -> Any:
@@ -151,23 +193,20 @@ def apply_overrides(cfg: RecipeConfig, overrides: list[str]) -> RecipeConfig:
         if parts == ["name"]:
             d["name"] = text
             continue
-        if len(parts) != 2 or parts[0] not in ("data", "model", "train"):
-            raise ConfigError(f"--set {key!r}: expected data.KEY, model.KEY or train.KEY")
+        sections = _section_types()
+        if len(parts) != 2 or parts[0] not in sections:
+            raise ConfigError(
+                f"--set {key!r}: expected {', '.join(f'{s}.KEY' for s in sections)}"
+            )
         section, name = parts
         if name not in d[section]:
             raise ConfigError(
                 f"--set {key!r}: no such key; [{section}] has {', '.join(sorted(d[section]))}"
             )
-        value = _parse_value(text)
-        current = d[section][name]
-        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if current is not None and not _same_kind(current, value):
-            raise ConfigError(
-                f"--set {key}={text}: expected {type(current).__name__}, got {type(value).__name__}"
-            )
-        d[section][name] = value
-    return RecipeConfig.from_dict(d)
+        default = getattr(sections[section](), name)
+        d[section][name] = check_value(section, name, _parse_value(text), default,
+                                       f"--set {key}={text}")
+    return RecipeConfig.from_dict(d, where="--set")
 
 
 def _same_kind(current: Any, value: Any) -> bool:

@@ -41,6 +41,15 @@ def test_errors_name_what_to_fix(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_a_wrong_recipe_file_exits_2_naming_file_key_and_value(tmp_path, capsys):
+    path = tmp_path / "mine.toml"
+    path.write_text('[train]\nsteps = "many"\n')
+    assert main(["train", str(path), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert f"meg train: error: {path}: train.steps: expected int, got str 'many'" in err
+    assert "Traceback" not in err
+
+
 def test_info_and_eval(tiny_models_dir, capsys):
     assert main(["info", str(tiny_models_dir / "digits")]) == 0
     info = json.loads(capsys.readouterr().out)

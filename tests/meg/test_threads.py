@@ -26,6 +26,7 @@ def _tree(tmp_path, files: dict[str, str], proc: str = "0::/\n"):
     ({"cg/cpu/cpu.cfs_quota_us": "-1\n", "cg/cpu/cpu.cfs_period_us": "100000\n"},
      "1:cpu:/\n0::/\n", None),
     ({}, "", None),  # no cgroup files at all (not Linux, or not mounted)
+    ({"cg/cpu.max": "garbage here\n"}, "0::/\n", None),
 ])
 def test_cgroup_quota_v1_and_v2(tmp_path, files, proc, expected):
     root, proc_path = _tree(tmp_path, files, proc)

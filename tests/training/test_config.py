@@ -45,3 +45,40 @@ def test_round_trip_through_dict():
     assert RecipeConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown key"):
         RecipeConfig.from_dict({"name": "x", "train": {"bogus": 1}})
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[train]\nsteps = "many"\n', "train.steps: expected int, got str 'many'"),
+    ("[train]\nlr = true\n", "train.lr: expected float, got bool True"),
+    ('[model]\ng_hidden = ["wide"]\n', "model.g_hidden: expected list of int, got list ['wide']"),
+    ("[model]\ng_hidden = 8\n", "model.g_hidden: expected list, got int 8"),
+    ("[optim]\nlr = 1\n", "unknown section(s) [optim]"),
+    ("[train]\nstepz = 3\n", "unknown key(s) in [train]: stepz"),
+    ("train = 3\n", "train: expected a [train] table"),
+    ("name = 3\n", "name: expected str"),
+])
+def test_recipe_files_are_checked_like_overrides(tmp_path, toml, message):
+    path = tmp_path / "mine.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as e:
+        load_recipe(str(path))
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+
+
+def test_file_and_override_errors_read_alike(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[train]\nsteps = "many"\n')
+    with pytest.raises(ConfigError) as from_file:
+        load_recipe(str(path))
+    with pytest.raises(ConfigError) as from_set:
+        apply_overrides(load_recipe("digits"), ['train.steps="many"'])
+    assert str(from_file.value).split(": ", 1)[1] == str(from_set.value).split(": ", 1)[1]
+    assert str(from_set.value).startswith("--set train.steps=\"many\": ")
+
+
+def test_a_good_file_loads_and_ints_widen_to_floats(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[train]\nsteps = 7\nlr = 1\n[model]\ng_hidden = [8, 8]\n')
+    cfg = load_recipe(str(path))
+    assert cfg.name == "mine" and cfg.train.steps == 7 and cfg.model.g_hidden == [8, 8]
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0
