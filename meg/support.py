@@ -1,0 +1,188 @@
+"""A score that also measures support: the distance from a row to the nearest distinct
+training row, alone or combined with the energy. Numpy only, so training, the
+benchmarks and the service share one definition.
+
+Why: MEG's energy models density. Where the data has rare but legitimate kinds of rows
+(KDD's rare attack types), the energy of those rows can sit at the level of rows never
+seen in training; the nearest-neighbour distance asks instead whether a row has close
+training rows at all (support). The two disagree exactly where one of them is wrong.
+
+Score variants (`VARIANTS`; every score: higher = more anomalous):
+
+- ``energy``: E(x), as before.
+- ``knn``: Euclidean distance to the nearest row of the reference set (the training
+  rows, deduplicated, capped at `REFERENCE_CAP` rows by a seeded subsample), exact brute
+  force in chunks.
+- ``energy+knn``: each component turned into its surprise −log p against the
+  component's scores on held-out normal rows (p: the conformal p-value
+  (1 + #{cal ≥ s}) / (n + 1)), summed: Fisher's combination (up to a factor 2). Scale
+  free, so neither component needs a unit or a weight. Beyond the largest calibration
+  score the p-value keeps falling along an exponential tail fitted to the calibration's
+  upper tail (`TailECDF`), so rows beyond every calibration row stay ordered instead of
+  tying at p = 1/(n + 1).
+
+The calibration rows that fit the ECDFs must be held out from training (and from the
+reference set: a reference row's distance to itself is 0). Thresholds or p-values of
+the combined score itself need a second, disjoint set of held-out rows
+(`split_calibration`), so those rows are exchangeable with new normal rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+VARIANTS = ("energy", "knn", "energy+knn")
+REFERENCE_CAP = 20_000
+TAIL_SHARE = 0.1  # share of calibration scores whose mean excess sets the tail scale
+TAIL_MIN = 5  # ... and at least this many
+_CHUNK = 1024  # query rows per distance block: (chunk, R) float32 stays ~80 MB at R = 20k
+
+
+def check_variant(name: str) -> str:
+    """`name` when it is a known score variant; ValueError naming the known ones."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown score {name!r}; choose one of {', '.join(VARIANTS)}")
+    return name
+
+
+def reference_rows(train: np.ndarray, cap: int = REFERENCE_CAP, seed: int = 0) -> np.ndarray:
+    """The reference set: `train`'s distinct rows, at most `cap` of them (a seeded
+    uniform subsample, kept in sorted row order), as C-contiguous float32 (R, D)."""
+    if cap < 1:
+        raise ValueError(f"cap must be >= 1, got {cap}")
+    rows = np.unique(np.asarray(train, dtype=np.float32), axis=0)  # (U, D), sorted
+    if len(rows) > cap:
+        keep = np.sort(np.random.default_rng(seed).choice(len(rows), cap, replace=False))
+        rows = rows[keep]
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+def nearest_distance(reference: np.ndarray, queries: np.ndarray, k: int = 1,
+                     chunk: int = _CHUNK) -> np.ndarray:
+    """Exact Euclidean distance (float64, (Q,)) from each query row to its k-th nearest
+    reference row, by brute force in chunks of `chunk` queries.
+
+    Candidates come from float32 ‖q‖² − 2 q·r + ‖r‖² (one matmul a chunk); the k nearest
+    candidates' distances are then recomputed in float64 from the differences, so exact
+    duplicates get 0 rather than float32 cancellation noise."""
+    ref = np.ascontiguousarray(reference, dtype=np.float32)  # (R, D)
+    q_all = np.asarray(queries, dtype=np.float32)  # (Q, D)
+    if ref.ndim != 2 or q_all.ndim != 2 or ref.shape[1] != q_all.shape[1]:
+        raise ValueError(f"reference {ref.shape} and queries {q_all.shape} need matching 2-D shapes")
+    if not 1 <= k <= len(ref):
+        raise ValueError(f"k must be in [1, {len(ref)}], got {k}")
+    ref_sq = np.einsum("ij,ij->i", ref, ref)  # (R,)
+    out = np.empty(len(q_all), dtype=np.float64)
+    for start in range(0, len(q_all), chunk):
+        q = q_all[start : start + chunk]  # (B, D)
+        d2 = ref_sq[None, :] - 2.0 * (q @ ref.T)  # (B, R), ‖q‖² omitted: same for a row
+        if k == 1:
+            cand = np.argmin(d2, axis=1)[:, None]  # (B, 1)
+        else:
+            cand = np.argpartition(d2, k - 1, axis=1)[:, :k]  # (B, k), unordered
+        diff = q[:, None, :].astype(np.float64) - ref[cand].astype(np.float64)  # (B, k, D)
+        exact = np.sqrt(np.einsum("bkd,bkd->bk", diff, diff))  # (B, k)
+        out[start : start + len(q)] = exact.max(axis=1) if k > 1 else exact[:, 0]
+    return out
+
+
+@dataclass
+class TailECDF:
+    """Conformal surprise −log p of scores against calibration scores, with an
+    exponential tail beyond the largest one.
+
+    p(s) = (1 + #{cal ≥ s}) / (n + 1) up to max(cal); beyond it
+    p(s) = exp(−(s − max) / tail_scale) / (n + 1), `tail_scale` the mean excess of the
+    top `TAIL_SHARE` (at least `TAIL_MIN`) calibration scores over the next one down (an
+    exponential peaks-over-threshold fit), falling back to the scores' standard
+    deviation, then 1, where that is 0."""
+
+    sorted_scores: np.ndarray  # (n,) float64, ascending
+    tail_scale: float
+
+    @classmethod
+    def from_scores(cls, scores: np.ndarray) -> TailECDF:
+        s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+        if len(s) == 0 or not np.isfinite(s).all():
+            raise ValueError("calibration scores must be a non-empty array of finite numbers")
+        m = min(len(s) - 1, max(TAIL_MIN, int(np.ceil(TAIL_SHARE * len(s)))))
+        scale = float(np.mean(s[len(s) - m :] - s[len(s) - m - 1])) if m > 0 else 0.0
+        if not scale > 0.0:
+            scale = float(np.std(s))
+        if not scale > 0.0:
+            scale = 1.0
+        return cls(s, scale)
+
+    @property
+    def n(self) -> int:
+        return int(len(self.sorted_scores))
+
+    def surprise(self, scores: np.ndarray) -> np.ndarray:
+        """−log p of each score (float64, same shape); non-decreasing in the score."""
+        x = np.asarray(scores, dtype=np.float64)
+        s, n = self.sorted_scores, self.n
+        at_least = n - np.searchsorted(s, x, side="left")  # #{cal >= x}
+        inside = -np.log((1.0 + at_least) / (n + 1.0))
+        beyond = np.log(n + 1.0) + (x - s[-1]) / self.tail_scale
+        return np.where(x > s[-1], beyond, inside)
+
+
+@dataclass
+class SupportModel:
+    """What the support variants need at scoring time: the reference rows and the
+    calibration ECDFs of both components (fitted on held-out normal rows)."""
+
+    reference: np.ndarray  # (R, D) float32
+    energy_ecdf: TailECDF
+    knn_ecdf: TailECDF
+    k: int = 1
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        """The ``knn`` score of model-space rows `x` (B, D)."""
+        return nearest_distance(self.reference, x, k=self.k)
+
+    def combine(self, energy: np.ndarray, distance: np.ndarray) -> np.ndarray:
+        """The ``energy+knn`` score from both components' raw scores."""
+        return self.energy_ecdf.surprise(energy) + self.knn_ecdf.surprise(distance)
+
+    def score(self, variant: str, energy: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The `variant` score (float64, (B,)) of rows `x` whose energies are `energy`;
+        the distance search runs only for the variants that use it."""
+        check_variant(variant)
+        if variant == "energy":
+            return np.asarray(energy, dtype=np.float64)
+        distance = self.distance(x)
+        return distance if variant == "knn" else self.combine(energy, distance)
+
+
+def fit_support(train: np.ndarray, fit_x: np.ndarray, fit_energy: np.ndarray,
+                cap: int = REFERENCE_CAP, k: int = 1, seed: int = 0) -> SupportModel:
+    """A SupportModel: the reference set from `train` (the rows the model was trained
+    on) and the ECDFs of energy and distance on `fit_x` (held-out normal rows, disjoint
+    from `train`) with their energies `fit_energy`."""
+    if len(fit_x) != len(fit_energy):
+        raise ValueError(f"{len(fit_x)} calibration rows but {len(fit_energy)} energies")
+    ref = reference_rows(train, cap=cap, seed=seed)
+    return SupportModel(ref, TailECDF.from_scores(fit_energy),
+                        TailECDF.from_scores(nearest_distance(ref, fit_x, k=k)), k=k)
+
+
+@dataclass(frozen=True)
+class CalibrationSplit:
+    """Positions into a held-out normal set: `fit` rows fit the component ECDFs, the
+    disjoint `conformal` rows calibrate thresholds and p-values of the final scores."""
+
+    fit: np.ndarray
+    conformal: np.ndarray
+
+
+def split_calibration(n: int, seed: int = 0) -> CalibrationSplit:
+    """Split n held-out rows into two halves at random (seeded; `fit` gets the extra row
+    when n is odd). Needs n >= 2."""
+    if n < 2:
+        raise ValueError(f"need at least 2 held-out rows to split, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    half = (n + 1) // 2
+    return CalibrationSplit(np.sort(order[:half]), np.sort(order[half:]))

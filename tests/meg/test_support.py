@@ -1,0 +1,149 @@
+"""meg.support: the nearest-neighbour support score and its combination with the energy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from meg.support import (
+    VARIANTS,
+    TailECDF,
+    check_variant,
+    fit_support,
+    nearest_distance,
+    reference_rows,
+    split_calibration,
+)
+
+
+def brute_force(reference: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    ref = reference.astype(np.float64)
+    d = np.sqrt(((queries.astype(np.float64)[:, None, :] - ref[None, :, :]) ** 2).sum(-1))
+    return np.sort(d, axis=1)[:, k - 1]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_nearest_distance_matches_brute_force(k: int) -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(300, 7)).astype(np.float32) * 10.0 + 50.0  # large norms
+    queries = np.concatenate([rng.normal(size=(97, 7)) * 10.0 + 50.0, ref[:20]]).astype(np.float32)
+    got = nearest_distance(ref, queries, k=k, chunk=16)  # several chunks, a ragged last one
+    np.testing.assert_allclose(got, brute_force(ref, queries, k), rtol=1e-9, atol=1e-9)
+
+
+def test_exact_duplicates_are_at_distance_zero() -> None:
+    # float32 ‖q‖² − 2q·r + ‖r‖² alone would leave cancellation noise at these norms.
+    rng = np.random.default_rng(1)
+    ref = (rng.uniform(size=(500, 121)) * 1000.0).astype(np.float32)
+    assert np.all(nearest_distance(ref, ref[::7]) == 0.0)
+
+
+def test_nearest_distance_rejects_bad_shapes() -> None:
+    ref = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="matching"):
+        nearest_distance(ref, np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="k must be"):
+        nearest_distance(ref, np.zeros((2, 3), np.float32), k=5)
+
+
+def test_reference_rows_deduplicate_and_cap_deterministically() -> None:
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(50, 4)).astype(np.float32)
+    train = np.concatenate([base, base, base[:10]])
+    ref = reference_rows(train)
+    assert ref.dtype == np.float32 and ref.flags.c_contiguous
+    assert len(ref) == 50 and len(np.unique(ref, axis=0)) == 50
+    capped = reference_rows(train, cap=20, seed=3)
+    assert len(capped) == 20 and len(np.unique(capped, axis=0)) == 20
+    np.testing.assert_array_equal(capped, reference_rows(train, cap=20, seed=3))
+    assert not np.array_equal(capped, reference_rows(train, cap=20, seed=4))
+    # every kept row is a training row
+    assert np.all(nearest_distance(base, capped) == 0.0)
+
+
+def test_tail_ecdf_inside_is_the_conformal_p_value() -> None:
+    cal = np.array([0.0, 1.0, 1.0, 2.0, 5.0])
+    ecdf = TailECDF.from_scores(cal)
+    s = np.array([-1.0, 0.0, 0.5, 1.0, 4.9, 5.0])
+    want_p = np.array([(1 + (cal >= v).sum()) / 6.0 for v in s])
+    np.testing.assert_allclose(ecdf.surprise(s), -np.log(want_p))
+
+
+def test_tail_ecdf_keeps_ordering_beyond_the_calibration() -> None:
+    ecdf = TailECDF.from_scores(np.random.default_rng(4).exponential(size=1000))
+    s = np.linspace(-1.0, 30.0, 400)
+    sur = ecdf.surprise(s)
+    assert np.all(np.diff(sur) >= 0.0)
+    beyond = s > ecdf.sorted_scores[-1]
+    assert beyond.sum() > 10 and np.all(np.diff(sur[beyond]) > 0.0)  # no plateau
+    # exponential data: the fitted tail scale is near the true scale 1
+    assert 0.7 < ecdf.tail_scale < 1.3
+
+
+def test_tail_ecdf_degenerate_calibration_still_defined() -> None:
+    ecdf = TailECDF.from_scores(np.zeros(100))
+    assert ecdf.tail_scale == 1.0
+    assert ecdf.surprise(np.array([0.0]))[0] == 0.0  # p = 1
+    assert ecdf.surprise(np.array([0.5]))[0] > np.log(101.0)
+    with pytest.raises(ValueError):
+        TailECDF.from_scores(np.array([]))
+
+
+def test_surprise_p_values_are_valid_on_exchangeable_rows() -> None:
+    # p = exp(-surprise) is the conformal p-value inside the calibration range, so on
+    # rows drawn like the calibration rows P(p <= alpha) <= alpha (up to sampling noise).
+    rng = np.random.default_rng(5)
+    ecdf = TailECDF.from_scores(rng.normal(size=999))
+    p = np.exp(-ecdf.surprise(rng.normal(size=20_000)))
+    for alpha in (0.01, 0.05, 0.2):
+        realized = float((p <= alpha).mean())
+        se = np.sqrt(alpha * (1 - alpha) / 20_000)
+        assert realized <= alpha + 4 * se, (alpha, realized)
+        assert realized >= alpha - 0.01 - 4 * se  # not needlessly conservative either
+
+
+def test_combined_score_separates_support_from_density() -> None:
+    # Training data: a big cluster and a small one (a "rare type"). A low-density energy
+    # ranks the rare cluster like unseen rows; the combined score does not.
+    rng = np.random.default_rng(6)
+    big = rng.normal(0.0, 0.3, size=(2000, 2))
+    rare = rng.normal(5.0, 0.3, size=(40, 2))
+    train = np.concatenate([big, rare]).astype(np.float32)
+
+    def energy(x: np.ndarray) -> np.ndarray:  # density of the big cluster only
+        return (x**2).sum(1) / 2.0
+
+    held = np.concatenate([rng.normal(0.0, 0.3, size=(500, 2)),
+                           rng.normal(5.0, 0.3, size=(10, 2))]).astype(np.float32)
+    model = fit_support(train, held, energy(held))
+    rare_test = rng.normal(5.0, 0.3, size=(50, 2)).astype(np.float32)
+    novel = rng.normal(0.0, 0.3, size=(50, 2)).astype(np.float32) + np.array([-5.0, 5.0], np.float32)
+    x = np.concatenate([rare_test, novel])
+    combined = model.score("energy+knn", energy(x), x)
+    # every novel row scores above every rare-but-seen row
+    assert combined[50:].min() > combined[:50].max()
+    # while the energy alone cannot tell them apart (both sit 5√2 from the big cluster)
+    assert abs(energy(rare_test).mean() - energy(novel).mean()) < 1.0
+
+
+def test_score_variants() -> None:
+    rng = np.random.default_rng(7)
+    train = rng.normal(size=(200, 3)).astype(np.float32)
+    held = rng.normal(size=(50, 3)).astype(np.float32)
+    model = fit_support(train, held, held.sum(1))
+    x = rng.normal(size=(10, 3)).astype(np.float32)
+    e = x.sum(1)
+    np.testing.assert_array_equal(model.score("energy", e, x), e.astype(np.float64))
+    np.testing.assert_allclose(model.score("knn", e, x), brute_force(train, x, 1))
+    assert model.score("energy+knn", e, x).shape == (10,)
+    assert set(VARIANTS) == {"energy", "knn", "energy+knn"}
+    with pytest.raises(ValueError, match="energy\\+knn"):
+        check_variant("density")
+
+
+def test_split_calibration_is_a_disjoint_cover() -> None:
+    s = split_calibration(11, seed=1)
+    assert len(s.fit) == 6 and len(s.conformal) == 5
+    assert sorted(np.concatenate([s.fit, s.conformal]).tolist()) == list(range(11))
+    with pytest.raises(ValueError):
+        split_calibration(1)
