@@ -9,7 +9,8 @@
    (throughput ratio; goal >= 4x).
 3. MALA: meg.mala.mala against a plain implementation that recomputes the current
    state's energy and gradient every step (goal: >= 1.8x).
-4. ONNX Runtime generator against torch eager (the .pt2 module), batch 1 and 4096.
+4. ONNX Runtime generator against torch eager (rebuilt from the bundle's safetensors
+   weights), batch 1 and 4096.
 
 Prints machine info and a table; writes JSON to bench/results/serve.json. Trains nothing:
 it needs a bundle (default models/digits).
@@ -50,7 +51,11 @@ from common import machine_info, machine_line, table, write_section  # noqa: E40
 
 from meg import bundle as B  # noqa: E402
 from meg.mala import energy_and_grad, latent_energy, mala  # noqa: E402
-from service.engine.models import choose_providers, session_options  # noqa: E402
+from service.engine.models import (  # noqa: E402
+    choose_providers,
+    load_torch_networks,
+    session_options,
+)
 from service.settings import Settings  # noqa: E402
 
 
@@ -213,8 +218,7 @@ def plain_mala(z: torch.Tensor, energy_fn: Callable[[torch.Tensor], torch.Tensor
 
 def bench_mala(bundle: Path, chains: int, steps: int, repeats: int) -> dict[str, Any]:
     man = B.read_manifest(bundle, verify=False)
-    gen = torch.export.load(str(bundle / B.GENERATOR_PT2)).module()
-    energy = torch.export.load(str(bundle / B.ENERGY_PT2)).module()
+    gen, energy = load_torch_networks(bundle, man, torch.device("cpu"))
     u = latent_energy(gen, energy)
     z0 = torch.randn(chains, man.latent_dim, generator=torch.Generator().manual_seed(0))
     def ours() -> None:
@@ -223,7 +227,7 @@ def bench_mala(bundle: Path, chains: int, steps: int, repeats: int) -> dict[str,
     def plain() -> None:
         plain_mala(z0, u, 0.01, steps, torch.Generator().manual_seed(1))
 
-    # The first autograd passes through a freshly loaded program are slow (lazy init):
+    # The first autograd passes through a freshly built network are slow (lazy init):
     # both are warmed before either is timed.
     t_ours, t_plain = timeit_alternating([ours, plain], repeats)
     return {"chains": chains, "steps": steps, "ours_s": t_ours, "plain_s": t_plain,
@@ -238,7 +242,7 @@ def bench_onnx_vs_torch(bundle: Path, repeats: int) -> dict[str, Any]:
     settings = Settings()
     sess = ort.InferenceSession(str(bundle / B.GENERATOR_ONNX), sess_options=session_options(settings),
                                 providers=choose_providers(settings.device))
-    gen = torch.export.load(str(bundle / B.GENERATOR_PT2)).module()
+    gen, _ = load_torch_networks(bundle, man, torch.device("cpu"))
     out: dict[str, Any] = {}
     for batch in (1, 4096):
         z = np.random.default_rng(0).standard_normal((batch, man.latent_dim), dtype=np.float32)

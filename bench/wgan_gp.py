@@ -22,7 +22,7 @@ import torch
 
 from training.config import RecipeConfig
 from training.data import Dataset
-from training.model import Energy, Generator
+from training.model import Energy, Generator, architecture
 from training.train import resolve_device, set_learning_rate
 
 DEFAULT_GP_WEIGHT = 10.0  # the WGAN-GP paper's λ for its one-centred penalty
@@ -63,8 +63,8 @@ def train_wgan_gp(cfg: RecipeConfig, data: Dataset, gp_weight: float = DEFAULT_G
     cfg.model.data_shape = list(data.spec.shape)
     x_all = torch.as_tensor(data.train, dtype=torch.float32, device=device)  # (N, D)
 
-    gen = Generator(cfg.model).to(device)
-    critic = Energy(cfg.model).to(device)
+    gen = Generator(architecture(cfg.model)).to(device)
+    critic = Energy(architecture(cfg.model)).to(device)
     betas = (tc.beta1, tc.beta2)
     opt_d = torch.optim.Adam(critic.parameters(), lr=tc.lr, betas=betas)
     opt_g = torch.optim.Adam(gen.parameters(), lr=tc.lr, betas=betas)

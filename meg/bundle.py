@@ -3,13 +3,18 @@
 
 A bundle is a directory::
 
-    manifest.json      schema version, name, version, data, preprocessing, calibration, sha256s
+    manifest.json      schema version, name, version, data, architecture, preprocessing,
+                       calibration, sha256s, optional HMAC signature
     generator.onnx     z (B, latent_dim)  -> x (B, data_dim)
     energy.onnx        x (B, data_dim)    -> energy (B,)
     encoder.onnx       x (B, data_dim)    -> z (B, latent_dim)
-    generator.pt2      torch.export program of the generator (differentiable, no pickle)
-    energy.pt2         torch.export program of the energy
+    weights.safetensors  tensors of G, E and Enc ("generator.*", "energy.*", "encoder.*"),
+                       rebuilt by meg.networks from the manifest's architecture
     preview.png        a picture of samples
+
+Nothing in a bundle is code: ONNX is protobuf, safetensors is a JSON header plus raw
+tensors, and the torch networks are rebuilt from the declared architecture. No loader
+here or in the service unpickles anything.
 
 Every tensor at the bundle boundary is flat: rows of `data_dim` floats in model space
 (after preprocessing). `data.shape` says how to view one row (e.g. [1, 28, 28]).
@@ -27,16 +32,16 @@ from typing import Any
 import numpy as np
 
 from meg.preprocessing import Preprocessing
+from meg.networks import Architecture, ArchitectureError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 GENERATOR_ONNX = "generator.onnx"
 ENERGY_ONNX = "energy.onnx"
 ENCODER_ONNX = "encoder.onnx"
-GENERATOR_PT2 = "generator.pt2"
-ENERGY_PT2 = "energy.pt2"
+WEIGHTS = "weights.safetensors"
 PREVIEW_PNG = "preview.png"
-REQUIRED_FILES = (GENERATOR_ONNX, ENERGY_ONNX, ENCODER_ONNX, GENERATOR_PT2, ENERGY_PT2)
+REQUIRED_FILES = (GENERATOR_ONNX, ENERGY_ONNX, ENCODER_ONNX, WEIGHTS)
 
 # ONNX graph input/output names.
 ONNX_NAMES = {
@@ -150,6 +155,7 @@ class Manifest:
             version=d["version"],
             created=d["created"],
             recipe=d["recipe"],
+    architecture: Architecture  # how meg.networks rebuilds G, E and Enc for the weights
             data=DataSpec(**d["data"]),
             latent_dim=int(d["latent_dim"]),
             preprocessing=Preprocessing.from_json(pre) if pre else None,
@@ -162,6 +168,7 @@ class Manifest:
 
 def content_version(files: dict[str, str], config: dict[str, Any]) -> str:
     """Version = hash of every file's sha256 and the resolved config (12 hex digits)."""
+            "architecture": self.architecture.to_json(),
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(f"{name}:{files[name]}\n".encode())
@@ -180,6 +187,7 @@ def read_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
 
     Raises BundleError naming the offending file."""
     bundle_dir = Path(bundle_dir)
+            architecture=Architecture.from_json(d["architecture"]),
     path = bundle_dir / MANIFEST
     if not path.is_file():
         raise BundleError(f"{path}: no manifest.json (not a meg bundle)")
@@ -216,12 +224,28 @@ def read_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
     return manifest
 
 
+    if version == 1:
+        # v1 carried torch.export .pt2 programs, which unpickle on load: never open them.
+        raise BundleError(
+            f"{path}: schema_version 1 bundle (torch .pt2 programs) is no longer loaded; "
+            f"re-export it with this meg (bundle format v{SCHEMA_VERSION}: safetensors "
+            "weights and a declared architecture)"
+        )
 def find_bundles(models_dir: Path) -> list[Path]:
     """Bundle directories directly under `models_dir` (those holding a manifest.json),
     plus `models_dir` itself when it is a bundle."""
     models_dir = Path(models_dir)
     if (models_dir / MANIFEST).is_file():
         return [models_dir]
+    except ArchitectureError as e:
+        raise BundleError(f"{path}: malformed architecture ({e})") from e
     if not models_dir.is_dir():
         return []
+    arch = manifest.architecture
+    if arch.latent_dim != manifest.latent_dim:
+        raise BundleError(f"{path}: architecture.latent_dim {arch.latent_dim} differs from "
+                          f"latent_dim {manifest.latent_dim}")
+    if list(arch.data_shape) != list(manifest.data.shape):
+        raise BundleError(f"{path}: architecture.data_shape {list(arch.data_shape)} differs "
+                          f"from data.shape {manifest.data.shape}")
     return sorted(p for p in models_dir.iterdir() if (p / MANIFEST).is_file())

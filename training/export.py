@@ -13,15 +13,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from meg import bundle as B
+from meg.networks import bundle_state
 from meg.render import preview_png
 from training.data import Dataset
 from training.model import MEG
 
 ONNX_TOLERANCE = 1e-4
-_MAX_BATCH = 1 << 20
 
 
 class ExportError(RuntimeError):
@@ -57,10 +58,10 @@ def check_onnx(module: nn.Module, path: Path, in_dim: int, input_name: str, seed
     return worst
 
 
-def _export_program(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
-    program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
+def _export_weights(meg: MEG, path: Path) -> None:
+    """G, E and Enc tensors in one safetensors file (raw tensors, nothing that runs on load);
+    the service rebuilds the networks from the manifest's architecture."""
+    save_file(bundle_state(meg.modules()), str(path), metadata={"format": "pt"})
 
 
 def export_bundle(
@@ -99,7 +100,8 @@ def _write(meg: MEG, config: dict[str, Any], dataset: Dataset, metrics: dict[str
     gen = copy.deepcopy(meg.generator).cpu().eval()
     energy = copy.deepcopy(meg.energy).cpu().eval()
     encoder = copy.deepcopy(meg.encoder).cpu().eval()
-    latent_dim, data_dim = gen.cfg.latent_dim, dataset.dim
+    arch = meg.architecture
+    latent_dim, data_dim = arch.latent_dim, dataset.dim
     z_ex, x_ex = torch.randn(8, latent_dim), torch.randn(8, data_dim)
 
     onnx_error = {}
@@ -110,8 +112,7 @@ def _write(meg: MEG, config: dict[str, Any], dataset: Dataset, metrics: dict[str
     ):
         _export_onnx(module, example, d / fname, B.ONNX_NAMES[fname])
         onnx_error[fname] = check_onnx(module, d / fname, in_dim, B.ONNX_NAMES[fname][0], seed)
-    _export_program(gen, z_ex, d / B.GENERATOR_PT2)
-    _export_program(energy, x_ex, d / B.ENERGY_PT2)
+    _export_weights(meg, d / B.WEIGHTS)
 
     with torch.no_grad():
         val_energy = energy(torch.as_tensor(dataset.val, dtype=torch.float32)).numpy()
@@ -132,6 +133,7 @@ def _write(meg: MEG, config: dict[str, Any], dataset: Dataset, metrics: dict[str
         recipe=str(config.get("name", "")),
         data=dataset.spec,
         latent_dim=latent_dim,
+        architecture=arch,
         preprocessing=dataset.preprocessing,
         config=config,
         metrics={**metrics, "onnx_max_abs_error": max(onnx_error.values())},

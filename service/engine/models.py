@@ -1,6 +1,7 @@
 """Loaded bundles: ONNX Runtime sessions for the feed-forward paths (generate, energy,
-encode) and the torch.export programs for everything that needs gradients (MALA,
-explanations). `ModelRegistry` scans the models directory, loads and warms up every
+encode) and torch networks for everything that needs gradients (MALA, explanations),
+rebuilt by `meg.networks` from the manifest's architecture and the safetensors weights
+(nothing in a bundle is unpickled or executed). `ModelRegistry` scans the models directory, loads and warms up every
 bundle, and keeps the ones that fail out of the way (reported by name)."""
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from meg import bundle as B
 from meg.mala import sample_latent
+from meg.networks import build_bundled
 from service.engine.errors import DeadlineExceeded
 from service.metrics import Metrics
 from service.settings import Settings
@@ -72,8 +76,8 @@ class LoadedModel:
     manifest: B.Manifest
     sessions: dict[str, ort.InferenceSession]
     torch_device: torch.device
-    generator_pt: Any  # torch.export module: z (B, latent) -> x (B, data_dim)
-    energy_pt: Any  # torch.export module: x (B, data_dim) -> energy (B,)
+    generator_pt: Any  # torch nn.Module, eval, frozen: z (B, latent) -> x (B, data_dim)
+    energy_pt: Any  # torch nn.Module, eval, frozen: x (B, data_dim) -> energy (B,)
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -110,7 +114,7 @@ class LoadedModel:
         return self.sessions[op].run(None, {inp: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def torch_energy_and_grad(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """E(x) (B,) and dE/dx (B, data_dim) from the torch program."""
+        """E(x) (B,) and dE/dx (B, data_dim) from the torch network."""
         xt = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.torch_device)
         with torch.enable_grad():
             xt = xt.detach().requires_grad_(True)
@@ -149,9 +153,13 @@ class LoadedModel:
             out = self.infer(op, np.zeros((2, self.input_dim(op)), dtype=np.float32))
             if not np.all(np.isfinite(out)):
                 raise B.BundleError(f"{ONNX_FILES[op]}: non-finite output on warm-up")
-        self.torch_energy_and_grad(np.zeros((2, self.data_dim), dtype=np.float32))
-        self.torch_generate(np.zeros((2, self.latent_dim), dtype=np.float32))
-        self.sample_latent_mcmc(2, 1, 0.01, 1.0, True, False, 0)
+        try:
+            self.torch_energy_and_grad(np.zeros((2, self.data_dim), dtype=np.float32))
+            self.torch_generate(np.zeros((2, self.latent_dim), dtype=np.float32))
+            self.sample_latent_mcmc(2, 1, 0.01, 1.0, True, False, 0)
+        except Exception as e:
+            raise B.BundleError(f"{self.path / B.WEIGHTS}: torch networks fail on warm-up "
+                                f"({type(e).__name__}: {e})") from e
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "kind": self.kind,
@@ -159,9 +167,49 @@ class LoadedModel:
                 "providers": self.providers, "device": self.device, "status": "ready"}
 
 
+def _check_onnx_dims(path: Path, op: str, session: ort.InferenceSession,
+                     manifest: B.Manifest) -> None:
+    """The ONNX graph's fixed input/output widths agree with the manifest (the batch axis
+    is dynamic); a mismatch names the graph file."""
+    fname = ONNX_FILES[op]
+    in_dim = manifest.latent_dim if op == "generate" else manifest.data.dim
+    out_dim = {"generate": manifest.data.dim, "encode": manifest.latent_dim}.get(op)
+    for what, arg, want in (("input", session.get_inputs()[0], in_dim),
+                            ("output", session.get_outputs()[0], out_dim)):
+        shape = list(arg.shape)
+        got = shape[1] if len(shape) > 1 else None
+        if want is not None and isinstance(got, int) and got != want:
+            raise B.BundleError(f"{path / fname}: {what} {arg.name!r} has width {got}, the "
+                                f"manifest says {want} (latent_dim {manifest.latent_dim}, "
+                                f"data dim {manifest.data.dim})")
+
+
+def load_torch_networks(path: Path, manifest: B.Manifest,
+                        device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """G and E rebuilt from the manifest's architecture, weights from the safetensors file
+    (a JSON header and raw tensors: parsing it runs no code). Errors name the file."""
+    wpath = path / B.WEIGHTS
+    try:
+        state = load_file(str(wpath), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise B.BundleError(f"{wpath}: not a readable safetensors file ({e})") from e
+    try:
+        nets = build_bundled(manifest.architecture, state)
+    except (ValueError, RuntimeError) as e:
+        raise B.BundleError(f"{wpath}: does not fit the manifest's architecture ({e})") from e
+    modules = []
+    for module in (nets.generator, nets.energy):
+        module = module.to(device).eval()
+        module.requires_grad_(False)  # gradients are taken w.r.t. inputs only
+        modules.append(module)
+    return modules[0], modules[1]
+
+
 def load_model(path: Path, settings: Settings, name: str | None = None) -> LoadedModel:
-    """Verify the manifest and checksums, open the ONNX sessions and torch programs, warm
-    everything up. Raises BundleError (or whatever ORT/torch raise) on failure."""
+    """Verify the manifest and checksums, open the ONNX sessions, rebuild the torch networks
+    from the declared architecture and the safetensors weights, warm everything up. Raises
+    BundleError naming the file at fault (or whatever ORT/torch raise) on failure."""
+    path = Path(path)
     manifest = B.read_manifest(path, verify=True)
     providers = choose_providers(settings.device)
     opts = session_options(settings)
@@ -172,17 +220,11 @@ def load_model(path: Path, settings: Settings, name: str | None = None) -> Loade
                                                 providers=providers)
         except Exception as e:  # ORT raises its own exception types
             raise B.BundleError(f"{path / fname}: cannot load ONNX model ({e})") from e
+        _check_onnx_dims(path, op, sessions[op], manifest)
     device = choose_torch_device(settings.device)
-    programs = {}
-    for fname in (B.GENERATOR_PT2, B.ENERGY_PT2):
-        try:
-            # torch.export's own format (no pickle).
-            programs[fname] = torch.export.load(str(path / fname)).module().to(device)
-        except Exception as e:
-            raise B.BundleError(f"{path / fname}: cannot load torch program ({e})") from e
+    generator, energy = load_torch_networks(path, manifest, device)
     model = LoadedModel(name=name or path.name, path=path, manifest=manifest, sessions=sessions,
-                        torch_device=device, generator_pt=programs[B.GENERATOR_PT2],
-                        energy_pt=programs[B.ENERGY_PT2])
+                        torch_device=device, generator_pt=generator, energy_pt=energy)
     model.warm_up()
     return model
 

@@ -98,10 +98,10 @@ async def test_empty_models_dir_then_bundle_appears(models_dir: Path, tmp_path: 
 async def test_failed_bundle_retried_when_fixed(models_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "models"
     shutil.copytree(models_dir / "toy", root / "toy")
-    (root / "toy" / "energy.pt2").unlink()
+    (root / "toy" / "weights.safetensors").unlink()
     async with serve_app(_settings(root, poll_interval_s=0.2)) as (_, c):
         assert "toy" in (await c.get("/models")).json()["failed"]
-        shutil.copy(models_dir / "toy" / "energy.pt2", root / "toy" / "energy.pt2")
+        shutil.copy(models_dir / "toy" / "weights.safetensors", root / "toy" / "weights.safetensors")
         deadline = time.monotonic() + 10
         while (await c.get("/readyz")).status_code != 200:
             assert time.monotonic() < deadline, "fixed bundle not reloaded"

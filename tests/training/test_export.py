@@ -1,5 +1,6 @@
 """Bundle round trip: export, then load in a fresh process that never imports training;
-ONNX and the torch programs agree; tampering and missing files are caught by name."""
+ONNX and the torch networks rebuilt from the manifest's architecture and the safetensors
+weights agree; tampering and missing files are caught by name."""
 
 import json
 import subprocess
@@ -16,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LOADER = r"""
 import json, sys
 import numpy as np, onnxruntime as ort, torch
+from safetensors.torch import load_file
 from meg import bundle as B
+from meg.networks import build_bundled
 d = sys.argv[1]
 m = B.read_manifest(d)
 rng = np.random.default_rng(0)
@@ -24,8 +27,8 @@ z = rng.standard_normal((5, m.latent_dim)).astype(np.float32)
 x = rng.standard_normal((5, m.data.dim)).astype(np.float32)
 sess = {f: ort.InferenceSession(f"{d}/{f}", providers=["CPUExecutionProvider"])
         for f in (B.GENERATOR_ONNX, B.ENERGY_ONNX, B.ENCODER_ONNX)}
-gen = torch.export.load(f"{d}/{B.GENERATOR_PT2}").module()
-energy = torch.export.load(f"{d}/{B.ENERGY_PT2}").module()
+nets = build_bundled(m.architecture, load_file(f"{d}/{B.WEIGHTS}"))
+gen, energy, enc = nets.generator.eval(), nets.energy.eval(), nets.encoder.eval()
 g_onnx = sess[B.GENERATOR_ONNX].run(None, {"z": z})[0]
 e_onnx = sess[B.ENERGY_ONNX].run(None, {"x": x})[0]
 z_onnx = sess[B.ENCODER_ONNX].run(None, {"x": x})[0]
@@ -36,6 +39,7 @@ one = energy(torch.from_numpy(x[:1]))
 print(json.dumps({
     "gen_err": float(np.abs(gen(torch.from_numpy(z)).detach().numpy() - g_onnx).max()),
     "energy_err": float(np.abs(e_t.detach().numpy() - e_onnx).max()),
+    "enc_err": float(np.abs(enc(torch.from_numpy(x)).detach().numpy() - z_onnx).max()),
     "shapes": [list(g_onnx.shape), list(e_onnx.shape), list(z_onnx.shape), list(one.shape)],
     "grad_finite": bool(torch.isfinite(grad).all()),
     "training_imported": any(k == "training" or k.startswith("training.") for k in sys.modules),
@@ -57,7 +61,7 @@ def test_round_trip_in_a_fresh_process(bundles, name):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     m = B.read_manifest(d)
     assert out["training_imported"] is False
-    assert out["gen_err"] <= 1e-4 and out["energy_err"] <= 1e-4
+    assert out["gen_err"] <= 1e-4 and out["energy_err"] <= 1e-4 and out["enc_err"] <= 1e-4
     assert out["shapes"] == [[5, m.data.dim], [5], [5, m.latent_dim], [1]]
     assert out["grad_finite"]
 
@@ -67,6 +71,10 @@ def test_manifest_contents(bundles):
     raw = json.loads((bundles / "events" / B.MANIFEST).read_text())
     assert raw["schema_version"] == B.SCHEMA_VERSION and m.name == "events"
     assert set(B.REQUIRED_FILES) | {B.PREVIEW_PNG} <= set(m.files)
+    assert not [f for f in m.files if f.endswith((".pt2", ".pt", ".pkl"))]
+    assert raw["architecture"]["latent_dim"] == m.latent_dim == raw["latent_dim"]
+    assert raw["architecture"]["data_shape"] == m.data.shape
+    assert raw["architecture"]["g_hidden"] == raw["config"]["model"]["g_hidden"]
     assert m.version == B.content_version(m.files, m.config)
     assert m.metrics["onnx_max_abs_error"] <= 1e-4
     assert m.data.feature_names == m.preprocessing.column_names()
@@ -97,8 +105,8 @@ def test_tampered_file_is_named(bundles, tmp_path):
 
 def test_missing_file_and_bad_schema_are_named(bundles, tmp_path):
     d = _copy(bundles / "toy", tmp_path / "toy")
-    (d / B.GENERATOR_PT2).unlink()
-    with pytest.raises(B.BundleError, match="generator.pt2: missing"):
+    (d / B.WEIGHTS).unlink()
+    with pytest.raises(B.BundleError, match="weights.safetensors: missing"):
         B.read_manifest(d)
     raw = json.loads((d / B.MANIFEST).read_text())
     raw["schema_version"] = 99
