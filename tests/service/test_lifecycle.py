@@ -177,3 +177,15 @@ async def test_gpu_paths(toy_only: Path) -> None:
         e = (await c.post("/energy", json={"model": "toy", "inputs": x.tolist()})).json()
         np.testing.assert_allclose(e["energies"], model.torch_energy_and_grad(x)[0], rtol=1e-3,
                                    atol=1e-4)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("model", ["events", "toy", "digits"])
+def test_sample_png_one_sample_is_quick(client: Any, model: str) -> None:
+    """Issue 11: /sample.png with n=1 of a tabular model hung the whole server."""
+    for n in (1, 2):
+        t0 = time.perf_counter()
+        r = client.get(f"/sample.png?model={model}&n={n}&seed=0")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert r.content[:8] == b"\x89PNG\r\n\x1a\n"
+        assert time.perf_counter() - t0 < 2.0
