@@ -31,7 +31,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.num_threads={args.threads}")
     cfg = apply_overrides(cfg, overrides)
     out = Path(args.out) if args.out else Path("models") / cfg.name
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / out.name
+    run_dir = Path(args.run_dir) if args.run_dir else None  # None: a fresh runs/NAME/<time>-<id>
     result = train(cfg, out, run_dir, resume=args.resume, progress=not args.quiet)
     if result.metrics:
         print(json.dumps({"bundle": str(result.bundle_dir), "run_dir": str(result.run_dir),
@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=500 (repeatable)")
     t.add_argument("--out", help="bundle directory; its name is the model name (default models/RECIPE)")
-    t.add_argument("--run-dir", help="checkpoints, TensorBoard, previews, metrics.json (default runs/NAME)")
-    t.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    t.add_argument("--run-dir", help="checkpoints, TensorBoard, previews, metrics.json (default: a "
+                   "fresh runs/NAME/<UTC time>-<id>); one holding a checkpoint needs --resume")
+    t.add_argument("--resume", action="store_true",
+                   help="continue RUN_DIR/checkpoint.pt (same config; train.steps may grow)")
     t.add_argument("--seed", type=int, help="random seed (same seed, same run)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (CUDA when present)")
     t.add_argument("--threads", type=int, metavar="N",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -38,6 +39,18 @@ from training.export import export_bundle
 from training.model import MEG, build_meg
 
 CHECKPOINT = "checkpoint.pt"
+
+
+# What may change when a run is resumed: how long it runs and how it is watched, not what
+# it trains.
+RESUMABLE_KEYS = frozenset({
+    "train.steps", "train.max_minutes", "train.log_every", "train.eval_every",
+    "train.preview_every", "train.checkpoint_every", "train.device", "train.num_threads",
+})
+
+
+class RunDirError(ValueError):
+    """A run directory that would be overwritten, or a resume that cannot continue."""
 
 
 @dataclass
@@ -134,6 +147,60 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# --------------------------------------------------------------------------- run directories
+
+
+def new_run_dir(name: str, base: Path = Path("runs")) -> Path:
+    """A fresh run directory, base/NAME/<UTC time>-<random id>: two runs never share one."""
+    return base / name / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to train over another run's checkpoint, or to resume without one."""
+    ckpt = run_dir / CHECKPOINT
+    if resume and not ckpt.is_file():
+        raise RunDirError(f"--resume: {run_dir} holds no {CHECKPOINT} to continue")
+    if not resume and ckpt.is_file():
+        raise RunDirError(
+            f"run directory {run_dir} already holds {CHECKPOINT}: pass --resume to continue "
+            "that run, or another --run-dir (without --run-dir every run gets a fresh one)"
+        )
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """`section.key: saved -> requested` for every value that differs, RESUMABLE_KEYS and
+    the run's name aside."""
+    a, b = _flatten(saved), _flatten(requested)
+    return [
+        f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+        for k in sorted(set(a) | set(b))
+        if k not in RESUMABLE_KEYS and k != "name" and a.get(k) != b.get(k)
+    ]
+
+
+def _latest_run(name: str, base: Path = Path("runs")) -> Path | None:
+    found = sorted((base / name).glob(f"*/{CHECKPOINT}"))
+    return found[-1].parent if found else None
+
+
+def _same_on_every_rank(value: Any, d: Dist) -> Any:
+    if d.world > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -157,14 +224,17 @@ def set_learning_rate(optimizers: list[torch.optim.Optimizer], tc: TrainConfig, 
 def train(
     cfg: RecipeConfig,
     out: Path | None,
-    run_dir: Path,
+    run_dir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
     dataset: Dataset | None = None,
 ) -> TrainResult:
     """Train `cfg`, evaluate, and export a bundle to `out` (rank 0 only; None: no bundle).
 
-    `run_dir` receives checkpoint.pt, metrics.json, TensorBoard scalars and previews."""
+    `run_dir` receives checkpoint.pt, metrics.json, TensorBoard scalars and previews; None
+    gives a fresh runs/NAME/<time>-<id>. A directory that holds a checkpoint is refused
+    unless `resume`, and `resume` refuses a missing checkpoint or one trained with another
+    config (RunDirError)."""
     t0 = time.time()
     tc = cfg.train
     device = resolve_device(tc.device)
@@ -194,11 +264,26 @@ def train(
         g_params += list(meg.statistics.parameters())
     opt_g = torch.optim.Adam(g_params, lr=tc.lr, betas=betas)
 
+    run_name = Path(out).name if out is not None else cfg.name
+    if run_dir is None:
+        if resume:
+            latest = _latest_run(run_name)
+            raise RunDirError("--resume needs --run-dir, the run to continue"
+                              + (f" (the latest run of {run_name}: {latest})" if latest else ""))
+        run_dir = _same_on_every_rank(new_run_dir(run_name), dd)
     run_dir = Path(run_dir)
+    if dd.main:
+        check_run_dir(run_dir, resume)
     step = 0
     ckpt_path = run_dir / CHECKPOINT
     if resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        differ = config_differences(state["config"], cfg.to_dict())
+        if differ:
+            raise RunDirError(
+                f"--resume: {ckpt_path} was trained with another config ({'; '.join(differ)}); "
+                f"only {', '.join(sorted(RESUMABLE_KEYS))} may change when resuming"
+            )
         for k, m in mods.items():
             m.load_state_dict(state["modules"][k])
         opt_e.load_state_dict(state["opt_e"])

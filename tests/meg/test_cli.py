@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,21 @@ def test_a_wrong_recipe_file_exits_2_naming_file_key_and_value(tmp_path, capsys)
     err = capsys.readouterr().err
     assert f"meg train: error: {path}: train.steps: expected int, got str 'many'" in err
     assert "Traceback" not in err
+
+
+def test_a_run_dir_with_a_checkpoint_needs_resume(tmp_path, capsys):
+    argv = ["train", "8gaussians", "--out", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r"),
+            "--quiet", "--threads", "1", "--set", "train.steps=2", "--set", "data.n=200",
+            "--set", "model.g_hidden=[8]", "--set", "model.e_hidden=[8]",
+            "--set", "model.enc_hidden=[8]"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "already holds checkpoint.pt: pass --resume" in capsys.readouterr().err
+    assert main(argv + ["--resume", "--set", "train.steps=3"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 3
+    assert main(argv + ["--resume", "--set", "train.lr=0.5"]) == 2
+    assert re.search(r"train.lr: [0-9.e-]+ -> 0.5", capsys.readouterr().err)
 
 
 def test_info_and_eval(tiny_models_dir, capsys):

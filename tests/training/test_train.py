@@ -14,7 +14,7 @@ from megtest import TINY, make_table
 
 from training.config import apply_overrides, load_recipe
 from training.evaluate import anomaly_metrics
-from training.train import CHECKPOINT, load_data, train
+from training.train import CHECKPOINT, RunDirError, config_differences, load_data, train
 
 DATA = Path(os.environ.get("MEG_DATA_DIR", "data"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +93,40 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert torch.load(run / CHECKPOINT, weights_only=True)["step"] == 15
     hist = json.loads((run / "metrics.json").read_text())["history"]
     assert hist[0]["step"] > 10  # only the resumed steps ran
+
+
+def test_default_run_dirs_are_fresh_and_checkpoints_are_never_shared(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny("25gaussians", "data.n=1000", "train.steps=2")
+    a = train(cfg, None, progress=False)
+    b = train(tiny("25gaussians", "data.n=1000", "train.steps=2"), None, progress=False)
+    assert a.run_dir != b.run_dir and a.run_dir.parent == b.run_dir.parent == Path("runs/25gaussians")
+    assert (a.run_dir / CHECKPOINT).is_file() and (b.run_dir / CHECKPOINT).is_file()
+    with pytest.raises(RunDirError, match="already holds checkpoint.pt: pass --resume"):
+        train(tiny("25gaussians", "data.n=1000", "train.steps=2"), None, a.run_dir, progress=False)
+    with pytest.raises(RunDirError, match="holds no checkpoint.pt"):
+        train(tiny("25gaussians", "data.n=1000"), None, tmp_path / "empty", resume=True,
+              progress=False)
+    with pytest.raises(RunDirError, match="--resume needs --run-dir.*latest run of 25gaussians"):
+        train(tiny("25gaussians", "data.n=1000"), None, resume=True, progress=False)
+
+
+def test_resume_refuses_another_config_and_names_the_keys(tmp_path):
+    run = tmp_path / "run"
+    train(tiny("25gaussians", "data.n=1000", "train.steps=2"), None, run, progress=False)
+    other = tiny("25gaussians", "data.n=1000", "train.steps=4", "train.lr=0.5", "model.latent_dim=3")
+    with pytest.raises(RunDirError) as e:
+        train(other, None, run, resume=True, progress=False)
+    msg = str(e.value)
+    assert "train.lr: 0.001 -> 0.5" in msg and "model.latent_dim: 2 -> 3" in msg
+    assert "train.steps:" not in msg  # more steps is what resuming is for
+
+
+def test_config_differences_ignore_what_resuming_may_change():
+    saved = {"name": "a", "train": {"steps": 1, "lr": 0.1, "log_every": 5}, "model": {"z": [1]}}
+    req = {"name": "b", "train": {"steps": 9, "lr": 0.1, "log_every": 7}, "model": {"z": [2]}}
+    assert config_differences(saved, req) == ["model.z: [1] -> [2]"]
+    assert config_differences(saved, saved) == []
 
 
 def test_thread_count_is_stated_and_applied(tmp_path, capsys, monkeypatch):
