@@ -22,6 +22,7 @@ from service.logs import setup_logging
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.settings import Settings, get_settings
+from service.v2 import rest as v2_rest
 
 log = logging.getLogger("service.main")
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(probes)
     app.include_router(api)
+    v2_rest.install(app)  # Open Inference Protocol (V2) over REST
     app.add_middleware(RequestMiddleware, metrics=metrics,  # type: ignore[arg-type]
                        max_body_bytes=settings.max_body_bytes)
     return app

@@ -103,7 +103,8 @@ class RequestMiddleware:
         try:
             if scope["method"] in _BODY_METHODS:
                 content_type = headers.get("content-type", "")
-                if not _is_json(content_type):
+                # V2 inference bodies may carry binary tensors (service/v2/rest.py reads them).
+                if not _is_json(content_type) and not scope["path"].startswith("/v2/"):
                     if content_type.split(";", 1)[0].strip().lower() not in _READ_AS_JSON:
                         await self._send_error(send_wrapper, 415, "unsupported_media_type",
                                                "send the body as application/json")
