@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def serve(models: str | Path | None = None, host: str | None = None,
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, workers=1,
                             log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=int(settings.graceful_timeout_s))
+                            timeout_graceful_shutdown=math.ceil(settings.grace_s))
     # uvicorn handles SIGTERM/SIGINT itself (stop accepting, drain, run the lifespan
     # shutdown) and then re-raises the signal to the handler that was installed before
     # it. A no-op handler there makes a graceful stop exit with status 0.

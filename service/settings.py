@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,11 +26,29 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ort_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = ORT default)")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = leave torch's)")
-    inference_workers: int = Field(4, ge=1, description="threads running inference off the loop")
+    inference_workers: int = Field(
+        4, ge=1, description="threads running batched feed-forward inference (ONNX)")
+    heavy_workers: int = Field(
+        2, ge=1, description="threads running torch work outside the MCMC loop (explain, "
+        "render, unbatched MCMC): separate from inference_workers, so cheap calls never "
+        "wait behind them")
     max_batch_size: int = Field(256, ge=1)
     max_delay_ms: float = Field(2.0, ge=0)
     queue_size: int = Field(1024, ge=1, description="max queued requests per model and op")
+    mcmc_batching: bool = Field(
+        True, description="continuous batching of MCMC chains across requests (one MALA "
+        "loop per model); off: each request runs alone in the heavy pool")
+    mcmc_max_chains: int = Field(4096, ge=1, description="chains in one batched MALA step")
+    mcmc_queue_size: int = Field(
+        256, ge=1, description="MCMC requests running or waiting (per model with batching, "
+        "in total without); beyond it 503 + Retry-After")
+    explain_concurrency: int = Field(2, ge=1, description="/anomaly explain calls running")
+    explain_queue_size: int = Field(64, ge=0, description="explain calls waiting")
+    render_concurrency: int = Field(1, ge=1, description="/sample.png renders running")
+    render_queue_size: int = Field(16, ge=0, description="renders waiting")
     request_timeout_s: float = Field(30.0, gt=0)
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="time to receive a whole request body; then 408")
     max_samples: int = Field(10_000, ge=1)
     max_mcmc_steps: int = Field(1000, ge=1)
     max_rows: int = Field(10_000, ge=1)
@@ -39,7 +57,10 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="comma-separated API keys; empty = no auth")
     log_level: str = "INFO"
     poll_interval_s: float = Field(2.0, gt=0)
-    graceful_timeout_s: float = Field(20.0, ge=0, description="uvicorn graceful shutdown limit")
+    graceful_timeout_s: float | None = Field(
+        None, ge=0, description="uvicorn graceful-shutdown limit (`meg serve`); default "
+        "request_timeout_s + 5, and never below request_timeout_s so in-flight requests "
+        "always finish")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 
@@ -47,6 +68,22 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, v: str) -> str:
         return v.upper()
+
+    @model_validator(mode="after")
+    def _grace_covers_requests(self) -> Settings:
+        if self.graceful_timeout_s is None:
+            self.graceful_timeout_s = self.request_timeout_s + 5.0
+        elif self.graceful_timeout_s < self.request_timeout_s:
+            raise ValueError(f"graceful_timeout_s ({self.graceful_timeout_s}) must be >= "
+                             f"request_timeout_s ({self.request_timeout_s}): a shorter grace "
+                             "cuts in-flight requests off with a plain-text 500")
+        return self
+
+    @property
+    def grace_s(self) -> float:
+        """The graceful-shutdown limit in seconds (always set after validation)."""
+        return float(self.graceful_timeout_s if self.graceful_timeout_s is not None
+                     else self.request_timeout_s + 5.0)
 
     @property
     def api_key_list(self) -> list[str]:

@@ -3,8 +3,16 @@ preview), with no knowledge of any protocol. Operations return typed results
 (service/engine/results.py) and raise domain errors (service/engine/errors.py); each
 front-end (the HTTP API today) maps those to its own shapes in one place.
 
-Blocking work runs in the inference thread pool; feed-forward ops go through the dynamic
-batchers.
+Work classes, each with its own limits (service/engine/admission.py) and threads, so a
+flood of one kind never queues in front of another:
+
+* feed-forward (energy, encode, generate, anomaly scores): the dynamic batchers
+  (batching.py) on the feed-forward pool (`inference_workers` threads);
+* MCMC: one continuously batched MALA loop per model on its own thread (chains.py);
+* explain and render: the heavy pool (`heavy_workers` threads), each class bounded.
+
+Every request carries a deadline; queued work that outlives it never starts, and
+running MCMC, explain and render work checks it as it goes.
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ from meg import scoring
 from meg.bundle import valid_name
 from meg.preprocessing import RecordError
 from meg.render import preview_png
+from service.engine.admission import Admission
 from service.engine.batching import BatcherPool
+from service.engine.chains import ChainLoop, ChainSpec
 from service.engine.errors import DeadlineExceeded, InvalidInput, ModelNotFound, Unavailable
 from service.engine.models import LoadedModel, ModelRegistry
 from service.engine.results import (
@@ -67,6 +77,20 @@ def _finite(out: np.ndarray, what: str) -> np.ndarray:
     return out
 
 
+_EXPLAIN_CHUNK = 1024  # rows per gradient pass: the deadline is checked between chunks
+
+
+def _gradients(model: LoadedModel, x: np.ndarray, stop_at: float) -> np.ndarray:
+    """dE/dx (N, data_dim) in chunks, stopping with DeadlineExceeded past `stop_at`
+    (time.monotonic())."""
+    out = []
+    for start in range(0, len(x), _EXPLAIN_CHUNK):
+        if time.monotonic() >= stop_at:
+            raise DeadlineExceeded("explain")
+        out.append(model.torch_energy_and_grad(x[start:start + _EXPLAIN_CHUNK])[1])
+    return np.concatenate(out) if out else np.zeros((0, model.data_dim), dtype=np.float32)
+
+
 class Engine:
     """Everything an operation needs; one per server process."""
 
@@ -74,12 +98,25 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.registry = ModelRegistry(settings, metrics)
+        # Feed-forward (ONNX, batched) and heavy (torch, unbatched) work on separate pools;
+        # bundle loading on its own thread so a rescan never delays a request.
         self.executor = ThreadPoolExecutor(max_workers=settings.inference_workers,
                                            thread_name_prefix="meg-infer")
+        self.heavy_executor = ThreadPoolExecutor(max_workers=settings.heavy_workers,
+                                                 thread_name_prefix="meg-heavy")
+        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meg-load")
         self.batchers = BatcherPool(max_batch_size=settings.max_batch_size,
                                     max_delay_s=settings.max_delay_ms / 1000.0,
                                     queue_size=settings.queue_size, executor=self.executor,
                                     metrics=metrics)
+        self.admission = {
+            "mcmc": Admission("mcmc", settings.heavy_workers, settings.mcmc_queue_size),
+            "explain": Admission("explain", settings.explain_concurrency,
+                                 settings.explain_queue_size),
+            "render": Admission("render", settings.render_concurrency,
+                                settings.render_queue_size),
+        }
+        self.chain_loops: dict[tuple[str, str], ChainLoop] = {}
         self.started = False  # the start-up load has finished
 
     # ------------------------------------------------------------------ lifecycle
@@ -91,7 +128,7 @@ class Engine:
     async def load(self) -> list[str]:
         """Scan the models directory in the pool (loading is slow and blocking)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.registry.scan)
+        return await loop.run_in_executor(self.loader, self.registry.scan)
 
     async def poll(self) -> None:
         """Background task: rescan every poll interval so bundles that appear later (or
@@ -104,9 +141,17 @@ class Engine:
                 log.exception("rescanning %s failed", self.settings.models_dir)
 
     async def close(self) -> None:
-        await self.batchers.close(timeout=self.settings.request_timeout_s)
-        # Off the loop: waiting for a busy pool thread must not freeze the event loop.
-        await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=False)
+        """Refuse new work (503 shutting_down), let admitted work finish (each request is
+        bounded by its deadline), then stop the threads."""
+        for adm in self.admission.values():
+            adm.close()
+        timeout = self.settings.request_timeout_s
+        # Off the loop: waiting for busy threads must not freeze the event loop.
+        await asyncio.gather(
+            self.batchers.close(timeout=timeout),
+            *(asyncio.to_thread(c.close, timeout) for c in self.chain_loops.values()))
+        for pool in (self.executor, self.heavy_executor, self.loader):
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=False)
 
     # ------------------------------------------------------------------ models and rows
 
@@ -176,14 +221,22 @@ class Engine:
                                     lambda rows: model.infer(op, rows))
         return await batcher.submit(x, deadline)
 
+    def stop_at(self, deadline: float) -> float:
+        """A loop.time() deadline on the time.monotonic() clock, for worker threads."""
+        return time.monotonic() + (deadline - asyncio.get_running_loop().time())
+
     async def blocking(self, fn: Callable[..., T], *args: Any, deadline: float, model: str,
                        op: str, backend: str = "torch") -> T:
-        """Run unbatched blocking work (torch) in the pool, timed and under the deadline.
-        A timed-out call still finishes in its thread; only the answer is abandoned."""
+        """Run unbatched blocking work (torch) in the heavy pool, timed and under the
+        deadline. Work still queued for a thread at its deadline never starts; `fn` should
+        check the deadline itself where it can stop early (see `stop_at`)."""
         loop = asyncio.get_running_loop()
         hist = self.metrics.inference_duration.labels(model=model, op=op, backend=backend)
+        stop_at = self.stop_at(deadline)
 
         def timed() -> T:
+            if time.monotonic() >= stop_at:
+                raise DeadlineExceeded()
             t0 = time.perf_counter()
             try:
                 return fn(*args)
@@ -194,7 +247,8 @@ class Engine:
         if remaining <= 0:
             raise DeadlineExceeded()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self.executor, timed), remaining)
+            return await asyncio.wait_for(loop.run_in_executor(self.heavy_executor, timed),
+                                          remaining)
         except TimeoutError:
             raise DeadlineExceeded() from None
 
@@ -223,18 +277,62 @@ class Engine:
         if mcmc is None:
             z = np.random.default_rng(seed).standard_normal((n, model.latent_dim), dtype=np.float32)
         else:
-            # The same deadline on the monotonic clock, so the chain itself can stop.
-            stop_at = time.monotonic() + (deadline - asyncio.get_running_loop().time())
-            z, acc, eps = await self.blocking(
-                model.sample_latent_mcmc, n, mcmc.steps, mcmc.step_size, mcmc.temperature,
-                mcmc.prior, mcmc.adapt, seed, stop_at, deadline=deadline, model=model.name,
-                op="mala")
+            z, acc, eps = await self._mcmc(model, n, seed, mcmc, deadline)
             rate = float(acc.mean())
             self.metrics.mala_acceptance.labels(model=model.name).observe(rate)
         x = _finite(await self.infer(model, "generate", z, deadline), "samples")
         self.metrics.samples.labels(model=model.name, mcmc=str(mcmc is not None).lower()).inc(n)
         records = pre.decode_rows(x) if return_records and pre is not None else None
         return Samples(model.name, model.version, seed, x, z, records, rate, eps)
+
+    def chains(self, model: LoadedModel) -> ChainLoop:
+        """The batched MALA loop of `model` (one per model version), made on first use."""
+        key = (model.name, model.version)
+        loop = self.chain_loops.get(key)
+        if loop is None:
+            steps = self.metrics.inference_duration.labels(model=model.name, op="mala_step",
+                                                           backend="torch")
+            chains = self.metrics.batch_size.labels(model=model.name, op="mala")
+
+            def on_step(n_chains: int, seconds: float) -> None:
+                steps.observe(seconds)
+                chains.observe(n_chains)
+
+            loop = self.chain_loops[key] = ChainLoop(
+                model.name, model.generator_pt, model.energy_pt, model.latent_dim,
+                model.torch_device, max_chains=self.settings.mcmc_max_chains,
+                max_requests=self.settings.mcmc_queue_size, on_step=on_step)
+        return loop
+
+    async def _mcmc(self, model: LoadedModel, n: int, seed: int, mcmc: MCMCParams,
+                    deadline: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """Latent MALA: (z (n, latent), acceptance (n,), final step size). Through the
+        model's batched chain loop (the same z as running alone), or with batching off
+        alone in the heavy pool, bounded by the mcmc admission class."""
+        if not self.settings.mcmc_batching:
+            async with self.admission["mcmc"].slot(deadline):
+                return await self.blocking(
+                    model.sample_latent_mcmc, n, mcmc.steps, mcmc.step_size, mcmc.temperature,
+                    mcmc.prior, mcmc.adapt, seed, self.stop_at(deadline), deadline=deadline,
+                    model=model.name, op="mala")
+        if self.admission["mcmc"].closing:
+            raise Unavailable("shutting_down", "server is shutting down")
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise DeadlineExceeded()
+        ticket = self.chains(model).submit(ChainSpec(
+            n=n, steps=mcmc.steps, step_size=mcmc.step_size, temperature=mcmc.temperature,
+            prior=mcmc.prior, adapt=mcmc.adapt, seed=seed, deadline=self.stop_at(deadline)))
+        try:
+            res = await asyncio.wait_for(asyncio.wrap_future(ticket.future), remaining)
+        except TimeoutError:
+            ticket.cancel()
+            raise DeadlineExceeded("MCMC") from None
+        except asyncio.CancelledError:  # the client went away: its chains leave the batch
+            ticket.cancel()
+            raise
+        return res.z, res.acceptance, res.step_size
 
     async def energy(self, model: LoadedModel, rows: Rows) -> Energies:
         e = _finite(await self.infer(model, "energy", rows.x, self.deadline()), "energy")
@@ -257,8 +355,9 @@ class Engine:
         flags = scoring.flag(scores, threshold)
         explanations = None
         if explain:
-            _, grad = await self.blocking(model.torch_energy_and_grad, rows.x, deadline=deadline,
-                                          model=model.name, op="explain")
+            async with self.admission["explain"].slot(deadline):
+                grad = await self.blocking(_gradients, model, rows.x, self.stop_at(deadline),
+                                           deadline=deadline, model=model.name, op="explain")
             names, groups = column_groups(model, rows.from_records)
             summed = np.zeros((len(rows.x), len(names)), dtype=np.float64)
             np.add.at(summed.T, groups, grad.T.astype(np.float64))  # sum columns per feature
@@ -275,10 +374,15 @@ class Engine:
         """A PNG of `n` samples: image grid, 2-D scatter over energy, or energy histogram."""
         mcmc = None if steps == 0 else MCMCParams(steps=steps)
         res = await self.sample(model, n, seed, mcmc)
+        deadline = self.deadline()
+        stop_at = self.stop_at(deadline)
 
         def energy_fn(rows: np.ndarray) -> np.ndarray:
+            if time.monotonic() >= stop_at:  # the render's own energy grid: stop there
+                raise DeadlineExceeded("render")
             return model.infer("energy", rows)
 
-        return await self.blocking(preview_png, model.manifest.data, res.samples, energy_fn,
-                                   deadline=self.deadline(), model=model.name, op="render",
-                                   backend="onnxruntime")
+        async with self.admission["render"].slot(deadline):
+            return await self.blocking(preview_png, model.manifest.data, res.samples,
+                                       energy_fn, deadline=deadline, model=model.name,
+                                       op="render", backend="onnxruntime")

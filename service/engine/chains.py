@@ -1,0 +1,334 @@
+"""Continuous batching of MALA chains across requests.
+
+One loop per model runs on its own thread. The chains of every concurrent MCMC request
+live in one batch: at each step boundary waiting requests join (their z0 and cached
+U, grad U computed together) and requests whose own step count is done leave with their
+answer. One step therefore costs one forward and one backward pass over all chains of
+all requests, instead of one per request.
+
+Each request keeps everything that makes its samples its own: its torch.Generator (seeded
+from the request's seed, drawing z0, then per step its proposal noise and its uniforms, in
+the order `meg.mala.mala` draws them), its step size, temperature and prior (per-row in
+the batch), its Robbins-Monro adaptation over its own chains during its own burn-in, and
+its acceptance counts. The arithmetic per row is that of `meg.mala.mala`, with scalars
+replaced by per-row columns holding the same float32 values. So a request's z equals
+running it alone through `sample_latent`, exactly whenever the networks give a row the
+same result whatever the batch around it; dense layers do so only up to the last bits
+(BLAS picks different kernels and blockings per batch size), which is what the tests
+allow for.
+
+Admission: at most `max_requests` requests in the loop or waiting to join (beyond that,
+Unavailable at once), at most `max_chains` chains in one step (a request that would
+exceed it waits for the next boundary with room; a request larger than `max_chains` runs
+once the batch is empty). A waiting request whose deadline passes never starts; a
+running one leaves at the next step boundary with DeadlineExceeded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from meg.mala import TARGET_ACCEPTANCE, energy_and_grad
+from service.engine.errors import DeadlineExceeded, Unavailable
+
+log = logging.getLogger("service.engine.chains")
+
+Net = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """One request's MALA run: the arguments of `meg.mala.sample_latent`, seeded."""
+
+    n: int
+    steps: int
+    step_size: float
+    temperature: float
+    prior: bool
+    adapt: bool
+    seed: int
+    deadline: float | None = None  # time.monotonic(); None = none
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    z: np.ndarray  # (n, latent_dim) final states
+    acceptance: np.ndarray  # (n,) share accepted after burn-in
+    step_size: float  # final (adapted) step size
+
+
+@dataclass(eq=False)
+class _Run:
+    """A request's chains and adaptation state while in the loop."""
+
+    spec: ChainSpec
+    future: concurrent.futures.Future[ChainResult]
+    abandoned: bool = False
+    # Set when the run joins the batch:
+    rng: torch.Generator = field(default_factory=torch.Generator)
+    z: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (n, d)
+    u: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (n,)
+    g: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (n, d)
+    eps: float = 0.0
+    log_eps: float = 0.0
+    t: int = 0
+    burn_in: int = 0
+    accepted: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (n,)
+    counted: int = 0
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class ChainTicket:
+    """What `ChainLoop.submit` hands back: the future and a way to give up."""
+
+    def __init__(self, run: _Run):
+        self._run = run
+        self.future = run.future
+
+    def cancel(self) -> None:
+        """The caller no longer wants the answer: the chains leave at the next boundary."""
+        self._run.abandoned = True
+        self.future.cancel()
+
+
+def batched_latent_energy(generator: Net, energy: Net, temperature: torch.Tensor,
+                          prior: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`meg.mala.latent_energy` with a temperature (B,) and a prior flag (B,) per row."""
+
+    def u(z: torch.Tensor) -> torch.Tensor:
+        e = energy(generator(z)).reshape(z.shape[0]) / temperature  # (B,)
+        return torch.where(prior, e + 0.5 * z.pow(2).sum(dim=1), e)
+
+    return u
+
+
+def _per_row(values: list[float], counts: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    # The same float32 values the scalar arithmetic of meg.mala.mala would use.
+    return torch.tensor(values, dtype=like.dtype, device=like.device).repeat_interleave(counts)
+
+
+def _log_q(to: torch.Tensor, frm: torch.Tensor, grad_frm: torch.Tensor, eps_col: torch.Tensor,
+           four_eps: torch.Tensor) -> torch.Tensor:
+    """meg.mala._log_q with per-row eps (B, 1) and 4 eps (B,)."""
+    diff = to - frm + eps_col * grad_frm
+    return -diff.pow(2).sum(dim=1) / four_eps
+
+
+class ChainLoop:
+    """The batched MALA loop of one model. `submit` is thread-safe and never blocks."""
+
+    def __init__(self, name: str, generator: Net, energy: Net, latent_dim: int,
+                 device: torch.device, *, max_chains: int, max_requests: int,
+                 on_step: Callable[[int, float], None] | None = None):
+        self.name = name
+        self.generator, self.energy = generator, energy
+        self.latent_dim = latent_dim
+        self.device = device
+        self.max_chains = max_chains
+        self.max_requests = max_requests
+        self.on_step = on_step  # (chains, seconds) after every step, for metrics
+        self._cond = threading.Condition()
+        self._pending: list[_Run] = []
+        self._active: list[_Run] = []
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._step_s = 0.01  # running mean of one step's time: the Retry-After estimate
+        self.steps_run = 0  # batched steps taken (for tests and benchmarks)
+
+    # ------------------------------------------------------------------ requests
+
+    def submit(self, spec: ChainSpec) -> ChainTicket:
+        """Queue a run; it joins the batch at the next step boundary."""
+        if spec.n < 1 or spec.steps < 0 or spec.step_size <= 0 or spec.temperature <= 0:
+            raise ValueError("need n >= 1, steps >= 0, step_size > 0, temperature > 0")
+        run = _Run(spec, concurrent.futures.Future())
+        with self._cond:
+            if self._closing:
+                raise Unavailable("shutting_down", "server is shutting down")
+            if len(self._pending) + len(self._active) >= self.max_requests:
+                raise Unavailable("queue_full", f"too many MCMC requests for model "
+                                  f"{self.name!r}; retry later", self._retry_after())
+            self._pending.append(run)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=f"meg-chains-{self.name}",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return ChainTicket(run)
+
+    def _retry_after(self) -> int:
+        left = max((r.spec.steps - r.t for r in self._active), default=0)
+        return max(1, math.ceil(left * self._step_s))
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(requests, chains) in the loop now."""
+        active = list(self._active)
+        return len(active), sum(r.spec.n for r in active)
+
+    def close(self, timeout: float) -> None:
+        """Refuse new runs, let admitted ones finish (up to `timeout` s), stop the thread.
+        Runs still there after the timeout fail with Unavailable. Blocking."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._cond:
+            left = self._pending + self._active
+            self._pending, self._active = [], []
+        for r in left:
+            _fail(r, Unavailable("shutting_down", "server is shutting down"))
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._active and not self._closing:
+                    self._cond.wait()
+                if self._closing and not self._pending and not self._active:
+                    return
+                joining = self._take_pending()
+            try:
+                if joining:
+                    self._join(joining)
+                if self._active:
+                    self._step()
+            except Exception as e:  # a failing step fails every request in it, not the loop
+                log.exception("MALA step failed (%s)", self.name)
+                with self._cond:
+                    failed = self._active + joining
+                    self._active = []
+                for r in failed:
+                    _fail(r, e)
+
+    def _take_pending(self) -> list[_Run]:
+        """Under the lock: the waiting runs that join now, oldest first."""
+        now = time.monotonic()
+        chains = sum(r.spec.n for r in self._active)
+        joining: list[_Run] = []
+        keep: list[_Run] = []
+        for r in self._pending:
+            if r.abandoned or r.future.cancelled():
+                continue
+            if r.spec.deadline is not None and now >= r.spec.deadline:
+                _fail(r, DeadlineExceeded("MCMC"))  # expired while queued: never starts
+                continue
+            fits = chains + r.spec.n <= self.max_chains or (chains == 0 and not joining)
+            if fits and not keep and r.future.set_running_or_notify_cancel():
+                joining.append(r)
+                chains += r.spec.n
+            elif not r.future.cancelled():
+                keep.append(r)  # FIFO: nobody overtakes a run waiting for room
+        self._pending = keep
+        return joining
+
+    def _energy(self, runs: list[_Run]) -> Callable[[torch.Tensor], torch.Tensor]:
+        counts = torch.tensor([r.spec.n for r in runs], device=self.device)
+        like = torch.empty(0, device=self.device)
+        temp = _per_row([r.spec.temperature for r in runs], counts, like)
+        prior = torch.tensor([r.spec.prior for r in runs], device=self.device
+                             ).repeat_interleave(counts)
+        return batched_latent_energy(self.generator, self.energy, temp, prior)
+
+    def _join(self, runs: list[_Run]) -> None:
+        for r in runs:
+            s = r.spec
+            r.rng = torch.Generator(device=self.device).manual_seed(s.seed)
+            r.z = torch.randn((s.n, self.latent_dim), generator=r.rng, device=self.device)
+            r.eps = float(s.step_size)
+            r.log_eps = math.log(r.eps)
+            r.burn_in = s.steps // 2 if s.adapt else 0
+            r.accepted = torch.zeros(s.n, device=self.device)
+        z0 = torch.cat([r.z for r in runs])
+        u, g = energy_and_grad(self._energy(runs), z0)
+        start = 0
+        for r in runs:
+            end = start + r.spec.n
+            r.u, r.g = u[start:end], g[start:end]
+            start = end
+        with self._cond:
+            self._active.extend(runs)
+        self._finish_done()
+
+    def _step(self) -> None:
+        t0 = time.perf_counter()
+        runs = list(self._active)
+        z = torch.cat([r.z for r in runs])  # (B, d)
+        u = torch.cat([r.u for r in runs])  # (B,)
+        g = torch.cat([r.g for r in runs])  # (B, d)
+        counts = torch.tensor([r.spec.n for r in runs], device=self.device)
+        eps_col = _per_row([r.eps for r in runs], counts, z)[:, None]  # (B, 1)
+        noise_scale = _per_row([math.sqrt(2.0 * r.eps) for r in runs], counts, z)[:, None]
+        four_eps = _per_row([4.0 * r.eps for r in runs], counts, z)  # (B,)
+        noise = torch.cat([torch.randn(r.z.shape, generator=r.rng, device=z.device,
+                                       dtype=z.dtype) for r in runs])
+        prop = z - eps_col * g + noise_scale * noise  # (B, d)
+        u_p, g_p = energy_and_grad(self._energy(runs), prop)
+        log_alpha = (u - u_p) + _log_q(z, prop, g_p, eps_col, four_eps) \
+            - _log_q(prop, z, g, eps_col, four_eps)  # (B,)
+        log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf)
+        uniform = torch.cat([torch.rand(r.spec.n, generator=r.rng, device=z.device, dtype=z.dtype)
+                             for r in runs])
+        accept = torch.log(uniform) < log_alpha  # (B,)
+        z = torch.where(accept[:, None], prop, z)
+        u = torch.where(accept, u_p, u)
+        g = torch.where(accept[:, None], g_p, g)
+        start = 0
+        for r in runs:
+            end = start + r.spec.n
+            r.z, r.u, r.g = z[start:end], u[start:end], g[start:end]
+            if r.spec.adapt and r.t < r.burn_in:  # meg.mala.mala's rule, on this run's chains
+                alpha_mean = log_alpha[start:end].clamp(max=0.0).exp().mean().item()
+                r.log_eps += (alpha_mean - TARGET_ACCEPTANCE) / math.sqrt(r.t + 1.0)
+                r.eps = math.exp(r.log_eps)
+            else:
+                r.accepted = r.accepted + accept[start:end].to(r.accepted.dtype)
+                r.counted += 1
+            r.t += 1
+            start = end
+        self.steps_run += 1
+        dt = time.perf_counter() - t0
+        self._step_s += 0.05 * (dt - self._step_s)
+        if self.on_step is not None:
+            self.on_step(len(z), dt)
+        self._finish_done()
+
+    def _finish_done(self) -> None:
+        """Hand finished runs their answer; drop abandoned and expired ones."""
+        now = time.monotonic()
+        stay: list[_Run] = []
+        for r in self._active:
+            if r.abandoned:
+                continue
+            if r.t >= r.spec.steps:
+                acc = r.accepted / max(r.counted, 1)
+                _succeed(r, ChainResult(r.z.cpu().numpy(), acc.cpu().numpy(), float(r.eps)))
+            elif r.spec.deadline is not None and now >= r.spec.deadline:
+                _fail(r, DeadlineExceeded("MCMC"))
+            else:
+                stay.append(r)
+        with self._cond:
+            self._active = stay
+
+
+def _succeed(r: _Run, result: ChainResult) -> None:
+    # The caller may cancel from its own thread at any moment: a lost race is fine.
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        r.future.set_result(result)
+
+
+def _fail(r: _Run, e: BaseException) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        r.future.set_exception(e)
