@@ -150,3 +150,23 @@ def test_docker_compose_config_gpu(compose_cmd, tmp_path):
     meg = cfg["services"]["meg"]
     assert meg["build"]["target"] == "runtime"
     assert meg["environment"]["MEG_DEVICE"] == "cuda"
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration ("45s", "1m30s") in seconds."""
+    import re
+
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", str(duration))
+    assert parts and "".join(n + u for n, u in parts) == str(duration), duration
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def test_stop_grace_outlasts_the_servers_graceful_shutdown(compose):
+    """Docker's SIGKILL must come after the server has let every in-flight request
+    finish (its graceful limit, never below the request timeout)."""
+    from service.settings import Settings
+
+    settings = Settings(_env_file=None)
+    assert settings.grace_s >= settings.request_timeout_s
+    assert _seconds(compose["services"]["meg"]["stop_grace_period"]) > settings.grace_s

@@ -210,3 +210,19 @@ def test_training_job_runs_torchrun_across_an_indexed_job(rendered):
     assert args[args.index("--out") + 1].startswith("/models/")
     (vol,) = [v for v in pod["volumes"] if v["name"] == "models"]
     assert vol["persistentVolumeClaim"]["claimName"] == "meg-models"
+
+
+def test_termination_grace_outlasts_the_servers_graceful_shutdown(rendered):
+    """The kubelet's SIGKILL must come after the server has let every in-flight request
+    finish (its graceful limit, never below the request timeout)."""
+    from service.settings import Settings
+
+    settings = Settings(_env_file=None)
+    seen = 0
+    for name, objects in rendered.items():
+        for dep in (o for o in objects if o["kind"] == "Deployment"):
+            pod = dep["spec"]["template"]["spec"]
+            if any(c.get("args", [None])[0] == "serve" for c in pod["containers"]):
+                assert pod["terminationGracePeriodSeconds"] > settings.grace_s, name
+                seen += 1
+    assert seen >= 3  # base and its overlays
