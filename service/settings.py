@@ -57,10 +57,10 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="comma-separated API keys; empty = no auth")
     log_level: str = "INFO"
     poll_interval_s: float = Field(2.0, gt=0)
-    graceful_timeout_s: float | None = Field(
-        None, ge=0, description="uvicorn graceful-shutdown limit (`meg serve`); default "
-        "request_timeout_s + 5, and never below request_timeout_s so in-flight requests "
-        "always finish")
+    graceful_timeout_s: float = Field(
+        0.0, ge=0, description="uvicorn graceful-shutdown limit (`meg serve`); 0 (default) = "
+        "request_timeout_s + 5; never below request_timeout_s, so in-flight requests always "
+        "finish")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 
@@ -71,7 +71,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _grace_covers_requests(self) -> Settings:
-        if self.graceful_timeout_s is None:
+        if self.graceful_timeout_s == 0:
             self.graceful_timeout_s = self.request_timeout_s + 5.0
         elif self.graceful_timeout_s < self.request_timeout_s:
             raise ValueError(f"graceful_timeout_s ({self.graceful_timeout_s}) must be >= "
@@ -81,9 +81,8 @@ class Settings(BaseSettings):
 
     @property
     def grace_s(self) -> float:
-        """The graceful-shutdown limit in seconds (always set after validation)."""
-        return float(self.graceful_timeout_s if self.graceful_timeout_s is not None
-                     else self.request_timeout_s + 5.0)
+        """The graceful-shutdown limit in seconds (0 replaced by its default)."""
+        return self.graceful_timeout_s or self.request_timeout_s + 5.0
 
     @property
     def api_key_list(self) -> list[str]:
