@@ -51,6 +51,8 @@ class BaselineResult:
     score_seconds: float
     params: dict[str, Any] = field(default_factory=dict)
     scores: np.ndarray | None = field(default=None, repr=False)  # test scores; not saved
+    # scores of `calibration_x` rows when given (held-out normal rows); not saved
+    calibration_scores: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "seed": self.seed, "metrics": self.metrics,
@@ -97,9 +99,11 @@ def make_detector(name: str, seed: int, n_features: int, epochs: int = 2,
 
 def run_baseline(name: str, train: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                  contamination: float, seed: int = 0, epochs: int = 2,
-                 batch_size: int = 256) -> BaselineResult:
+                 batch_size: int = 256,
+                 calibration_x: np.ndarray | None = None) -> BaselineResult:
     """Fit `name` on `train` (normal rows), score `test_x`, and compute the metrics with
-    `anomaly_metrics` (top `contamination` share of test scores flagged)."""
+    `anomaly_metrics` (top `contamination` share of test scores flagged). With
+    `calibration_x` (held-out normal rows), also score those (for conformal p-values)."""
     import torch
 
     torch.manual_seed(seed)  # PyOD's deep models also seed themselves via random_state
@@ -117,7 +121,11 @@ def run_baseline(name: str, train: np.ndarray, test_x: np.ndarray, test_y: np.nd
         params["nonfinite_scores"] = int((~np.isfinite(scores)).sum())
         scores = np.nan_to_num(scores, nan=0.0, posinf=np.finfo(np.float64).max)
     metrics = anomaly_metrics(scores, test_y, contamination)
-    return BaselineResult(name, seed, metrics, t1 - t0, t2 - t1, params, scores)
+    cal = None
+    if calibration_x is not None:
+        cal = np.asarray(det.decision_function(calibration_x), dtype=np.float64)
+        cal = np.nan_to_num(cal, nan=0.0, posinf=np.finfo(np.float64).max)
+    return BaselineResult(name, seed, metrics, t1 - t0, t2 - t1, params, scores, cal)
 
 
 def summarize(values: list[float]) -> tuple[float, float]:

@@ -8,8 +8,11 @@ import os
 import platform
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -132,11 +135,13 @@ def rerun_command(script: str, argv: list[str]) -> str:
 
 
 def train_recipe(recipe: str, dataset: Any, sets: list[str], seed: int,
-                 metrics: tuple[str, ...], keep_test_scores: bool = False) -> dict[str, Any]:
+                 metrics: tuple[str, ...], keep_test_scores: bool = False,
+                 keep_model: bool = False) -> dict[str, Any]:
     """Train `recipe` in this process on a preloaded `dataset` with `--set` overrides
     `sets` and `seed`, as `meg train` would; return the steps, the chosen final metrics,
     the wall time and the equivalent `meg train` command (and, with `keep_test_scores`,
-    the energies of `dataset.test_x` under "test_scores": a numpy array, not for JSON)."""
+    the energies of `dataset.test_x` under "test_scores": a numpy array, not for JSON;
+    with `keep_model`, the trained `training.model.MEG` under "model")."""
     import tempfile
 
     from training.config import apply_overrides, load_recipe
@@ -155,4 +160,72 @@ def train_recipe(recipe: str, dataset: Any, sets: list[str], seed: int,
 
         device = next(res.model.energy.parameters()).device
         out["test_scores"] = batched(res.model.energy, dataset.test_x, device)
+    if keep_model:
+        out["model"] = res.model
     return out
+
+
+def realized_fpr(cal_scores: np.ndarray, test_scores: np.ndarray, test_y: np.ndarray,
+                 alphas: tuple[float, ...] = (0.01, 0.05)) -> dict[str, float]:
+    """Share of the test set's normal rows (`fpr@α`) and of its anomalies (`tpr@α`, the
+    power) whose conformal p-value against `cal_scores` (held-out normal rows) is <= α."""
+    from meg.scoring import conformal_pvalues
+
+    p = conformal_pvalues(cal_scores, test_scores)
+    y = np.asarray(test_y)
+    out: dict[str, float] = {}
+    for a in alphas:
+        out[f"fpr@{a:g}"] = float((p[y == 0] <= a).mean())
+        out[f"tpr@{a:g}"] = float((p[y == 1] <= a).mean())
+    return out
+
+
+# Score variants of meg.support, in the input space and in the encoder's latent space.
+SUPPORT_VARIANTS = ("energy", "knn", "energy+knn", "knn-latent", "energy+knn-latent")
+
+
+@dataclass
+class SupportScores:
+    """Every `SUPPORT_VARIANTS` score of each named row set, and what it took."""
+
+    scores: dict[str, dict[str, np.ndarray]]  # variant -> row set name -> (N,) float64
+    reference_rows: dict[str, int]  # space -> rows in the reference set
+    seconds: dict[str, float]  # "energy", "input", "latent": fit + scoring wall time
+
+
+def support_scores(model: Any, train: np.ndarray, cal_fit: np.ndarray,
+                   rows: dict[str, np.ndarray], cap: int | None = None) -> SupportScores:
+    """Score `rows` (name -> model-space rows) with every score variant of a trained MEG
+    `model`: the reference set from `train` (the rows it was trained on), the ECDFs of
+    the combination from `cal_fit` (held-out normal rows, disjoint from `train`). The
+    latent variants search the encoder's codes instead of the rows."""
+    import torch
+
+    from meg.support import REFERENCE_CAP, fit_support
+    from training.evaluate import batched
+
+    cap = REFERENCE_CAP if cap is None else cap
+    device = next(model.energy.parameters()).device
+    t0 = time.perf_counter()
+    energy = {k: batched(model.energy, v, device).astype(np.float64) for k, v in rows.items()}
+    fit_energy = batched(model.energy, cal_fit, device).astype(np.float64)
+    out: dict[str, dict[str, np.ndarray]] = {"energy": energy}
+    seconds = {"energy": time.perf_counter() - t0}
+    refs: dict[str, int] = {}
+
+    def encode(x: np.ndarray) -> np.ndarray:
+        return batched(model.encoder, x, device)
+
+    def same(x: np.ndarray) -> np.ndarray:
+        return x
+
+    for space, suffix, f in (("input", "", same), ("latent", "-latent", encode)):
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            sm = fit_support(f(train), f(cal_fit), fit_energy, cap=cap)
+            dist = {k: sm.distance(f(v)) for k, v in rows.items()}
+        out["knn" + suffix] = dist
+        out["energy+knn" + suffix] = {k: sm.combine(energy[k], dist[k]) for k in rows}
+        refs[space] = int(len(sm.reference))
+        seconds[space] = time.perf_counter() - t1
+    return SupportScores(out, refs, {k: round(v, 2) for k, v in seconds.items()})
