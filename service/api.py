@@ -214,3 +214,15 @@ async def check_ready(engine: EngineDep) -> JSONResponse:
 async def get_metrics(engine: EngineDep) -> Response:
     """Prometheus text exposition. Open (no API key): scraped from inside the network."""
     return Response(engine.metrics.exposition(), media_type=CONTENT_TYPE)
+@probes.get("/models/{name}/ready", summary="Readiness of one model",
+            responses={503: {"description": "failed or still loading"},
+                       404: {"description": "unknown model"}})
+async def check_model_ready(name: str, engine: EngineDep) -> JSONResponse:
+    """200 when `name` is loaded and serving; 503 while it loads or when it failed (the
+    reason names the file at fault); 404 when no such bundle is known. Open, like /readyz."""
+    st = engine.registry.status(name)
+    body = {k: v for k, v in asdict(st).items() if v is not None}
+    code = {"ready": 200, "loading": 503, "failed": 503}.get(st.status, 404)
+    return JSONResponse(body, status_code=code)
+
+

@@ -21,8 +21,8 @@ class Settings(BaseSettings):
 
     models_dir: Path = Field(Path("./models"), description="directory of bundles")
     default_model: str | None = Field(
-        None, description='model used when a request names none (default: "digits" if loaded, '
-        "else the first loaded)")
+        None, description='model used when a request names none (unset: chosen once, "digits" '
+        "if loaded, else the first loaded by name; bundles appearing later never change it)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ort_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = ORT default)")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = leave torch's)")

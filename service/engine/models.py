@@ -1,8 +1,12 @@
 """Loaded bundles: ONNX Runtime sessions for the feed-forward paths (generate, energy,
 encode) and torch networks for everything that needs gradients (MALA, explanations),
 rebuilt by `meg.networks` from the manifest's architecture and the safetensors weights
-(nothing in a bundle is unpickled or executed). `ModelRegistry` scans the models directory, loads and warms up every
-bundle, and keeps the ones that fail out of the way (reported by name)."""
+(nothing in a bundle is unpickled or executed).
+
+`ModelRegistry` keeps the served set in step with the models directory: it loads and
+warms up new bundles, swaps in a bundle whose manifest version changed (requests in flight
+finish on the old one), unloads removed bundles, and keeps the ones that fail out of the
+way (reported with the file at fault)."""
 
 from __future__ import annotations
 
@@ -211,6 +215,9 @@ def load_model(path: Path, settings: Settings, name: str | None = None) -> Loade
     BundleError naming the file at fault (or whatever ORT/torch raise) on failure."""
     path = Path(path)
     manifest = B.read_manifest(path, verify=True)
+    # The weights first: they hold the declared sizes the ONNX graphs are then checked by.
+    device = choose_torch_device(settings.device)
+    generator, energy = load_torch_networks(path, manifest, device)
     providers = choose_providers(settings.device)
     opts = session_options(settings)
     sessions = {}
@@ -221,77 +228,204 @@ def load_model(path: Path, settings: Settings, name: str | None = None) -> Loade
         except Exception as e:  # ORT raises its own exception types
             raise B.BundleError(f"{path / fname}: cannot load ONNX model ({e})") from e
         _check_onnx_dims(path, op, sessions[op], manifest)
-    device = choose_torch_device(settings.device)
-    generator, energy = load_torch_networks(path, manifest, device)
     model = LoadedModel(name=name or path.name, path=path, manifest=manifest, sessions=sessions,
                         torch_device=device, generator_pt=generator, energy_pt=energy)
     model.warm_up()
     return model
 
 
-def _fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
-    """Names, sizes and mtimes of a bundle's files: a changed fingerprint means a failed
-    bundle is worth another try (e.g. it was still being copied)."""
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def _fingerprint(path: Path) -> Fingerprint:
+    """The directory's identity and its files' names, sizes and mtimes: a changed
+    fingerprint means the bundle is worth another look (a failed one was fixed, or a new
+    version was moved in place)."""
     try:
-        return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
-                            for e in os.scandir(path) if e.is_file()))
+        st = os.stat(path)
+        files = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                       for e in os.scandir(path) if e.is_file())
     except OSError:
         return ()
+    return (("", st.st_ino, st.st_mtime_ns), *files)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Where one model name stands: `ready` (served; `reason` set when a newer version on
+    disk failed and the loaded one still serves), `loading` (on disk, not loaded yet),
+    `failed` (`reason` names the file at fault) or `unknown`."""
+
+    name: str
+    status: str  # ready | loading | failed | unknown
+    version: str | None = None
+    reason: str | None = None
 
 
 class ModelRegistry:
-    """The models being served, the ones that failed, and how to find more."""
+    """The models being served, the ones that failed, and the models directory they come
+    from. `scan()` brings the first two in step with the third."""
 
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
         self.metrics = metrics
+        # Copy-on-write: request handlers read these on the event loop while scan() runs
+        # in a pool thread; each assignment swaps in a whole new snapshot.
         self.models: dict[str, LoadedModel] = {}
         self.failed: dict[str, str] = {}
-        self._tried: dict[str, tuple[tuple[str, int, int], ...]] = {}
+        self.loading: frozenset[str] = frozenset()
+        self._tried: dict[str, Fingerprint] = {}  # fingerprint at the last load attempt
+        self._info: dict[str, tuple[str, str, str, str]] = {}  # model_info labels per model
+        self._bad_names: set[str] = set()  # invalid directory names already logged
+        self._missing: set[str] = set()  # known names not on disk at the last scan
+        self._default: str | None = None  # chosen once when MEG_DEFAULT_MODEL is unset
         self._lock = threading.Lock()  # one scan at a time (start-up load vs poller)
 
+    # ------------------------------------------------------------------ scanning
+
+    def _listing(self) -> dict[str, Path]:
+        """Bundles on disk by serving name; invalid names are logged once each."""
+        found: dict[str, Path] = {}
+        bad: set[str] = set()
+        for path in B.find_bundles(self.settings.models_dir):
+            if B.valid_name(path.name):
+                found[path.name] = path
+                continue
+            bad.add(path.name)
+            if path.name not in self._bad_names:
+                log.error("skipping bundle %s: invalid directory name (letters, digits, "
+                          "'_', '.', '-'; at most 64)", path, extra={"bundle": path.name})
+        self._bad_names = bad  # a name that disappears and comes back is logged again
+        return found
+
+    def _needs_load(self, name: str, path: Path, fp: Fingerprint) -> bool:
+        if self._tried.get(name) == fp:
+            return False  # nothing changed since the last attempt
+        current = self.models.get(name)
+        if current is None:
+            return True
+        try:  # cheap: no checksums; the load itself verifies everything
+            version = B.read_manifest(path, verify=False).version
+        except B.BundleError:
+            return True  # being replaced, or broken: the load reports why
+        if version == current.version:
+            self._tried[name] = fp  # touched, not replaced
+            return False
+        return True
+
     def scan(self) -> list[str]:
-        """Load every bundle not loaded yet (and retry failed ones whose files changed).
-        Blocking; returns the names loaded by this call."""
+        """Bring the served models in step with the models directory: load new bundles,
+        swap in new versions, retry failed bundles whose files changed, unload removed
+        ones. Blocking; returns the names (re)loaded by this call."""
         loaded: list[str] = []
         with self._lock:
-            for path in B.find_bundles(self.settings.models_dir):
-                name = path.name if B.valid_name(path.name) else None
-                if name is None:
-                    log.error("skipping bundle with an invalid directory name", extra={"bundle": path.name})
-                    continue
-                if name in self.models:
-                    continue
+            found = self._listing()
+            # Unloaded only when missing on two scans in a row: re-exporting renames the
+            # old directory away and the new one in, and a scan may fall in between.
+            gone = (set(self.models) | set(self.failed) | set(self._tried)) - set(found)
+            for name in sorted(gone & self._missing):
+                self._unload(name)
+            self._missing = gone - self._missing
+            todo = []
+            for name, path in sorted(found.items()):
                 fp = _fingerprint(path)
-                if self._tried.get(name) == fp:
-                    continue  # failed before and nothing changed since
+                if self._needs_load(name, path, fp):
+                    todo.append((name, path, fp))
+            self.loading = frozenset(name for name, _, _ in todo)
+            for name, path, fp in todo:
                 self._tried[name] = fp
-                t0 = time.perf_counter()
                 try:
-                    model = load_model(path, self.settings, name)
-                except Exception as e:
-                    self.failed = {**self.failed, name: f"{type(e).__name__}: {e}"}
-                    log.error("bundle %s failed to load: %s", name, e, extra={"bundle": name, "error": str(e)})
-                    continue
-                # Copy-on-write: request handlers iterate these dicts on the event loop
-                # while this runs in a pool thread; they always see a whole snapshot.
-                self.failed = {k: v for k, v in self.failed.items() if k != name}
-                self.models = {**self.models, name: model}
-                for provider in model.providers[:1]:
-                    self.metrics.model_info.labels(model=name, version=model.version,
-                                                   provider=provider, device=model.device).set(1)
-                loaded.append(name)
-                log.info("loaded bundle %s version %s on %s (%s) in %.2fs", name, model.version,
-                         model.device, ",".join(model.providers), time.perf_counter() - t0,
-                         extra={"bundle": name})
+                    if self._load(name, path):
+                        loaded.append(name)
+                finally:
+                    self.loading = self.loading - {name}
+            self._choose_default()
         return loaded
+
+    def _load(self, name: str, path: Path) -> bool:
+        t0 = time.perf_counter()
+        old = self.models.get(name)
+        try:
+            model = load_model(path, self.settings, name)
+        except Exception as e:
+            reason = str(e) if isinstance(e, B.BundleError) else f"{path}: {type(e).__name__}: {e}"
+            if old is not None:
+                reason += f" (version {old.version} keeps serving)"
+            self.failed = {**self.failed, name: reason}
+            log.error("bundle %s failed to load: %s", name, reason,
+                      extra={"bundle": name, "error": reason})
+            return False
+        # One assignment swaps the new version in: a request that resolved the old model
+        # keeps its reference (and its batchers, keyed by version) until it finishes.
+        self.models = {**self.models, name: model}
+        self.failed = {k: v for k, v in self.failed.items() if k != name}
+        self._set_info(name, model)
+        log.info("%s bundle %s version %s on %s (%s) in %.2fs",
+                 "loaded" if old is None else f"replaced version {old.version} of", name,
+                 model.version, model.device, ",".join(model.providers),
+                 time.perf_counter() - t0, extra={"bundle": name})
+        return True
+
+    def _set_info(self, name: str, model: LoadedModel | None) -> None:
+        labels = self._info.pop(name, None)
+        if labels is not None:
+            self.metrics.model_info.remove(*labels)
+        if model is not None:
+            labels = (name, model.version, model.providers[0], model.device)
+            self.metrics.model_info.labels(*labels).set(1)
+            self._info[name] = labels
+
+    def _unload(self, name: str) -> None:
+        """Forget a bundle whose directory is gone (requests holding it still finish)."""
+        was_served = name in self.models
+        self.models = {k: v for k, v in self.models.items() if k != name}
+        self.failed = {k: v for k, v in self.failed.items() if k != name}
+        self._tried.pop(name, None)
+        self._set_info(name, None)
+        if was_served:
+            log.info("unloaded bundle %s: its directory is gone", name, extra={"bundle": name})
+
+    # ------------------------------------------------------------------ the default model
+
+    def _choose_default(self) -> None:
+        """Without MEG_DEFAULT_MODEL, pick the default once: "digits" if loaded, else the
+        first loaded (by name). Bundles appearing later never change it; only its removal
+        does, and that is logged."""
+        if self.settings.default_model or (self._default is not None
+                                           and self._default in self.models):
+            return
+        previous = self._default
+        self._default = ("digits" if "digits" in self.models
+                         else min(self.models) if self.models else None)
+        if previous is not None:
+            log.warning("default model %s was unloaded; the default is now %s", previous,
+                        self._default)
+        elif self._default is not None:
+            log.info("default model: %s (set MEG_DEFAULT_MODEL to choose)", self._default)
 
     @property
     def default_name(self) -> str | None:
         # An explicit MEG_DEFAULT_MODEL that is not loaded stays the default (requests
         # without a model then get a clear 404) rather than silently serving another model.
-        if self.settings.default_model:
-            return self.settings.default_model
-        if "digits" in self.models:
-            return "digits"
-        return min(self.models) if self.models else None
+        return self.settings.default_model or self._default
+
+    # ------------------------------------------------------------------ status
+
+    def _on_disk(self, name: str) -> bool:
+        root = Path(self.settings.models_dir)
+        if (root / B.MANIFEST).is_file():  # the models dir is itself one bundle
+            return root.name == name
+        return (root / name / B.MANIFEST).is_file()
+
+    def status(self, name: str) -> ModelStatus:
+        """Readiness of one model name (for GET /models/{name}/ready)."""
+        model = self.models.get(name)
+        if model is not None:
+            return ModelStatus(name, "ready", model.version, self.failed.get(name))
+        if name in self.loading:
+            return ModelStatus(name, "loading")
+        if name in self.failed:
+            return ModelStatus(name, "failed", reason=self.failed[name])
+        if B.valid_name(name) and self._on_disk(name):
+            return ModelStatus(name, "loading")  # the next scan picks it up
+        return ModelStatus(name, "unknown")
