@@ -210,10 +210,6 @@ async def check_ready(engine: EngineDep) -> JSONResponse:
                          "models": names}, status_code=503)
 
 
-@probes.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def get_metrics(engine: EngineDep) -> Response:
-    """Prometheus text exposition. Open (no API key): scraped from inside the network."""
-    return Response(engine.metrics.exposition(), media_type=CONTENT_TYPE)
 @probes.get("/models/{name}/ready", summary="Readiness of one model",
             responses={503: {"description": "failed or still loading"},
                        404: {"description": "unknown model"}})
@@ -226,3 +222,7 @@ async def check_model_ready(name: str, engine: EngineDep) -> JSONResponse:
     return JSONResponse(body, status_code=code)
 
 
+@probes.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def get_metrics(engine: EngineDep) -> Response:
+    """Prometheus text exposition. Open (no API key): scraped from inside the network."""
+    return Response(engine.metrics.exposition(), media_type=CONTENT_TYPE)
