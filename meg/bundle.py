@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from meg.preprocessing import Preprocessing
 from meg.networks import Architecture, ArchitectureError
+from meg.preprocessing import Preprocessing
 
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
@@ -127,6 +127,7 @@ class Manifest:
     metrics: dict[str, Any]
     calibration: Calibration
     files: dict[str, str]  # file name -> sha256
+    architecture: Architecture  # how meg.networks rebuilds G, E and Enc for the weights
     preprocessing: Preprocessing | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -139,6 +140,7 @@ class Manifest:
             "recipe": self.recipe,
             "data": asdict(self.data),
             "latent_dim": self.latent_dim,
+            "architecture": self.architecture.to_json(),
             "preprocessing": self.preprocessing.to_json() if self.preprocessing else None,
             "config": self.config,
             "metrics": self.metrics,
@@ -155,9 +157,9 @@ class Manifest:
             version=d["version"],
             created=d["created"],
             recipe=d["recipe"],
-    architecture: Architecture  # how meg.networks rebuilds G, E and Enc for the weights
             data=DataSpec(**d["data"]),
             latent_dim=int(d["latent_dim"]),
+            architecture=Architecture.from_json(d["architecture"]),
             preprocessing=Preprocessing.from_json(pre) if pre else None,
             config=d.get("config", {}),
             metrics=d.get("metrics", {}),
@@ -168,7 +170,6 @@ class Manifest:
 
 def content_version(files: dict[str, str], config: dict[str, Any]) -> str:
     """Version = hash of every file's sha256 and the resolved config (12 hex digits)."""
-            "architecture": self.architecture.to_json(),
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(f"{name}:{files[name]}\n".encode())
@@ -187,7 +188,6 @@ def read_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
 
     Raises BundleError naming the offending file."""
     bundle_dir = Path(bundle_dir)
-            architecture=Architecture.from_json(d["architecture"]),
     path = bundle_dir / MANIFEST
     if not path.is_file():
         raise BundleError(f"{path}: no manifest.json (not a meg bundle)")
@@ -196,14 +196,30 @@ def read_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
     except json.JSONDecodeError as e:
         raise BundleError(f"{path}: invalid JSON ({e})") from e
     version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version == 1:
+        # v1 carried torch.export .pt2 programs, which unpickle on load: never open them.
+        raise BundleError(
+            f"{path}: schema_version 1 bundle (torch .pt2 programs) is no longer loaded; "
+            f"re-export it with this meg (bundle format v{SCHEMA_VERSION}: safetensors "
+            "weights and a declared architecture)"
+        )
     if version != SCHEMA_VERSION:
         raise BundleError(
             f"{path}: schema_version {version!r} is not supported (this meg reads {SCHEMA_VERSION})"
         )
     try:
         manifest = Manifest.from_json(raw)
+    except ArchitectureError as e:
+        raise BundleError(f"{path}: malformed architecture ({e})") from e
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from e
+    arch = manifest.architecture
+    if arch.latent_dim != manifest.latent_dim:
+        raise BundleError(f"{path}: architecture.latent_dim {arch.latent_dim} differs from "
+                          f"latent_dim {manifest.latent_dim}")
+    if list(arch.data_shape) != list(manifest.data.shape):
+        raise BundleError(f"{path}: architecture.data_shape {list(arch.data_shape)} differs "
+                          f"from data.shape {manifest.data.shape}")
     if manifest.data.kind not in DATA_KINDS:
         raise BundleError(f"{path}: data.kind {manifest.data.kind!r} not one of {DATA_KINDS}")
     for name in REQUIRED_FILES:
@@ -224,28 +240,12 @@ def read_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
     return manifest
 
 
-    if version == 1:
-        # v1 carried torch.export .pt2 programs, which unpickle on load: never open them.
-        raise BundleError(
-            f"{path}: schema_version 1 bundle (torch .pt2 programs) is no longer loaded; "
-            f"re-export it with this meg (bundle format v{SCHEMA_VERSION}: safetensors "
-            "weights and a declared architecture)"
-        )
 def find_bundles(models_dir: Path) -> list[Path]:
     """Bundle directories directly under `models_dir` (those holding a manifest.json),
     plus `models_dir` itself when it is a bundle."""
     models_dir = Path(models_dir)
     if (models_dir / MANIFEST).is_file():
         return [models_dir]
-    except ArchitectureError as e:
-        raise BundleError(f"{path}: malformed architecture ({e})") from e
     if not models_dir.is_dir():
         return []
-    arch = manifest.architecture
-    if arch.latent_dim != manifest.latent_dim:
-        raise BundleError(f"{path}: architecture.latent_dim {arch.latent_dim} differs from "
-                          f"latent_dim {manifest.latent_dim}")
-    if list(arch.data_shape) != list(manifest.data.shape):
-        raise BundleError(f"{path}: architecture.data_shape {list(arch.data_shape)} differs "
-                          f"from data.shape {manifest.data.shape}")
     return sorted(p for p in models_dir.iterdir() if (p / MANIFEST).is_file())
