@@ -29,7 +29,9 @@ the combined score itself need a second, disjoint set of held-out rows
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -186,3 +188,99 @@ def split_calibration(n: int, seed: int = 0) -> CalibrationSplit:
     order = np.random.default_rng(seed).permutation(n)
     half = (n + 1) // 2
     return CalibrationSplit(np.sort(order[:half]), np.sort(order[half:]))
+
+
+# --------------------------------------------------------------------------- bundle
+
+
+REFERENCE_FILE = "support_reference.npy"
+
+
+@dataclass
+class SupportSpec:
+    """The manifest's `support` entry: the reference file's name, k, both components'
+    calibration ECDFs (sorted scores and tail scale, from the first half of the held-out
+    rows), each support variant's calibration scores (sorted, from the second half:
+    the conformal reference of its p-values) and the bundle's default score."""
+
+    reference: str
+    k: int
+    energy_ecdf: list[float]
+    energy_tail: float
+    knn_ecdf: list[float]
+    knn_tail: float
+    calibration: dict[str, list[float]]  # variant ("knn", "energy+knn") -> sorted scores
+    default_score: str = "energy"
+
+    def __post_init__(self) -> None:
+        check_variant(self.default_score)
+        if Path(self.reference).name != self.reference or not self.reference.endswith(".npy"):
+            raise ValueError(f"support.reference {self.reference!r} must be a plain .npy file name")
+        if self.k < 1:
+            raise ValueError(f"support.k must be >= 1, got {self.k}")
+        for name in self.calibration:
+            if name == "energy":
+                raise ValueError("support.calibration holds the support variants only")
+            check_variant(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SupportSpec:
+        return cls(reference=str(d["reference"]), k=int(d["k"]),
+                   energy_ecdf=[float(v) for v in d["energy_ecdf"]],
+                   energy_tail=float(d["energy_tail"]),
+                   knn_ecdf=[float(v) for v in d["knn_ecdf"]], knn_tail=float(d["knn_tail"]),
+                   calibration={str(k): [float(x) for x in v]
+                                for k, v in dict(d["calibration"]).items()},
+                   default_score=str(d.get("default_score", "energy")))
+
+    def model(self, reference: np.ndarray) -> SupportModel:
+        """The SupportModel of this spec around the loaded reference rows."""
+        return SupportModel(reference,
+                            TailECDF(np.asarray(self.energy_ecdf, np.float64), self.energy_tail),
+                            TailECDF(np.asarray(self.knn_ecdf, np.float64), self.knn_tail),
+                            k=self.k)
+
+
+def save_reference(path: Path, reference: np.ndarray) -> None:
+    """Write reference rows as a plain float32 .npy (no pickled objects)."""
+    np.save(path, np.ascontiguousarray(reference, dtype=np.float32), allow_pickle=False)
+
+
+def load_reference(path: Path, dim: int) -> np.ndarray:
+    """Read a reference .npy written by `save_reference` without ever unpickling
+    (allow_pickle=False); ValueError unless it is a non-empty finite float32 (R, dim)."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path.name}: not a plain .npy array (pickled objects are never "
+                         f"loaded): {e}") from e
+    if arr.dtype != np.float32 or arr.ndim != 2 or arr.shape[1] != dim or len(arr) == 0:
+        raise ValueError(f"{path.name}: expected float32 rows of {dim} columns, got "
+                         f"{arr.dtype} {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path.name}: non-finite values")
+    return np.ascontiguousarray(arr)
+
+
+def build_spec(train: np.ndarray, held_out: np.ndarray, energy_fn: Any,
+               default_score: str = "energy", cap: int = REFERENCE_CAP, k: int = 1,
+               seed: int = 0) -> tuple[SupportSpec, np.ndarray]:
+    """Everything a bundle needs for the support variants: the spec and the reference
+    rows. `held_out` (normal rows never trained on) is halved: the first half fits the
+    combination's ECDFs, the second gives each support variant's calibration scores.
+    `energy_fn` maps rows (B, D) to energies (B,)."""
+    halves = split_calibration(len(held_out), seed)
+    fit_x, conf_x = held_out[halves.fit], held_out[halves.conformal]
+    model = fit_support(train, fit_x, np.asarray(energy_fn(fit_x), np.float64), cap=cap, k=k,
+                        seed=seed)
+    conf_e = np.asarray(energy_fn(conf_x), np.float64)
+    conf_d = model.distance(conf_x)
+    calibration = {"knn": np.sort(conf_d).tolist(),
+                   "energy+knn": np.sort(model.combine(conf_e, conf_d)).tolist()}
+    spec = SupportSpec(REFERENCE_FILE, k, model.energy_ecdf.sorted_scores.tolist(),
+                       model.energy_ecdf.tail_scale, model.knn_ecdf.sorted_scores.tolist(),
+                       model.knn_ecdf.tail_scale, calibration, check_variant(default_score))
+    return spec, model.reference

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from meg.support import (
     VARIANTS,
+    SupportSpec,
     TailECDF,
+    build_spec,
     check_variant,
     fit_support,
+    load_reference,
     nearest_distance,
     reference_rows,
+    save_reference,
     split_calibration,
 )
 
@@ -147,3 +154,44 @@ def test_split_calibration_is_a_disjoint_cover() -> None:
     assert sorted(np.concatenate([s.fit, s.conformal]).tolist()) == list(range(11))
     with pytest.raises(ValueError):
         split_calibration(1)
+
+
+def test_spec_and_reference_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    train = rng.normal(size=(300, 4)).astype(np.float32)
+    held = rng.normal(size=(101, 4)).astype(np.float32)
+
+    def energy(x: np.ndarray) -> np.ndarray:
+        return (x**2).sum(1)
+
+    spec, ref = build_spec(train, held, energy, default_score="energy+knn", cap=200)
+    assert len(ref) == 200 and len(spec.energy_ecdf) == 51
+    assert len(spec.calibration["knn"]) == len(spec.calibration["energy+knn"]) == 50
+    save_reference(tmp_path / spec.reference, ref)
+    back = SupportSpec.from_json(json.loads(json.dumps(spec.to_json())))
+    assert back == spec
+    model = back.model(load_reference(tmp_path / spec.reference, 4))
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.score("knn", energy(x), x), brute_force(ref, x, 1))
+    # conformal validity of the stored calibration: exchangeable rows are flagged at <= α
+    from meg.scoring import conformal_pvalues
+
+    fresh = rng.normal(size=(4000, 4)).astype(np.float32)
+    for variant in ("knn", "energy+knn"):
+        p = conformal_pvalues(np.asarray(spec.calibration[variant]),
+                              model.score(variant, energy(fresh), fresh))
+        assert (p <= 0.1).mean() <= 0.1 + 4 * np.sqrt(0.09 / 4000) + 0.06  # n=50 granularity
+
+
+def test_load_reference_refuses_anything_but_plain_float32_rows(tmp_path: Path) -> None:
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="pickled"):
+        load_reference(tmp_path / "obj.npy", 1)
+    np.save(tmp_path / "f64.npy", np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="float32"):
+        load_reference(tmp_path / "f64.npy", 4)
+    np.save(tmp_path / "f32.npy", np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="4 columns"):
+        load_reference(tmp_path / "f32.npy", 5)
+    with pytest.raises(ValueError, match="plain"):
+        SupportSpec("../x.npy", 1, [0.0], 1.0, [0.0], 1.0, {})
