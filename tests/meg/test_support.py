@@ -191,7 +191,7 @@ def test_load_reference_refuses_anything_but_plain_float32_rows(tmp_path: Path) 
     with pytest.raises(ValueError, match="float32"):
         load_reference(tmp_path / "f64.npy", 4)
     np.save(tmp_path / "f32.npy", np.zeros((3, 4), np.float32))
-    with pytest.raises(ValueError, match="4 columns"):
+    with pytest.raises(ValueError, match="5 columns"):
         load_reference(tmp_path / "f32.npy", 5)
     with pytest.raises(ValueError, match="plain"):
         SupportSpec("../x.npy", 1, [0.0], 1.0, [0.0], 1.0, {})
