@@ -23,7 +23,9 @@ Every tensor at the bundle boundary is flat: rows of `data_dim` floats in model 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -177,14 +179,59 @@ def content_version(files: dict[str, str], config: dict[str, Any]) -> str:
     return h.hexdigest()[:12]
 
 
-def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
+# --------------------------------------------------------------------------- signature
+
+KEY_ENV = "MEG_BUNDLE_KEY"
+SIGNATURE = "signature"
+SIGNATURE_ALG = "hmac-sha256"
+
+
+def key_from_env() -> bytes | None:
+    """The operator's bundle key (MEG_BUNDLE_KEY, UTF-8), or None when unset or empty."""
+    key = os.environ.get(KEY_ENV, "")
+    return key.encode() if key else None
+
+
+def canonical_json(raw: dict[str, Any]) -> bytes:
+    """The bytes a signature covers: the manifest without its `signature`, keys sorted, no
+    whitespace, ASCII. It includes `files`, so every file's sha256 is signed too."""
+    body = {k: v for k, v in raw.items() if k != SIGNATURE}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def manifest_signature(raw: dict[str, Any], key: bytes) -> str:
+    return hmac.new(key, canonical_json(raw), hashlib.sha256).hexdigest()
+
+
+def check_signature(path: Path, raw: dict[str, Any], key: bytes) -> None:
+    """Refuse a manifest that is unsigned or not signed with `key` (BundleError naming it)."""
+    sig = raw.get(SIGNATURE)
+    if sig is None:
+        raise BundleError(f"{path}: unsigned manifest; this server requires bundles signed "
+                          f"with its {KEY_ENV}")
+    if (not isinstance(sig, dict) or sig.get("alg") != SIGNATURE_ALG
+            or not isinstance(sig.get("value"), str)):
+        raise BundleError(f"{path}: malformed signature (want {{\"alg\": \"{SIGNATURE_ALG}\", "
+                          "\"value\": hex}})")
+    if not hmac.compare_digest(sig["value"], manifest_signature(raw, key)):
+        raise BundleError(f"{path}: signature does not match (manifest changed after signing, "
+                          f"or signed with another key)")
+
+
+def write_manifest(bundle_dir: Path, manifest: Manifest, key: bytes | None = None) -> Path:
+    """Write manifest.json; with `key`, signed (HMAC-SHA256 over `canonical_json`)."""
     path = Path(bundle_dir) / MANIFEST
-    path.write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=False) + "\n")
+    # Through JSON once, so the signed form is exactly what a reader parses back.
+    raw = json.loads(json.dumps(manifest.to_json()))
+    if key:
+        raw[SIGNATURE] = {"alg": SIGNATURE_ALG, "value": manifest_signature(raw, key)}
+    path.write_text(json.dumps(raw, indent=2, sort_keys=False) + "\n")
     return path
 
 
-def read_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
-    """Read and check a bundle's manifest: schema version, required files, checksums.
+def read_manifest(bundle_dir: Path, verify: bool = True, key: bytes | None = None) -> Manifest:
+    """Read and check a bundle's manifest: schema version, signature (when `key` is
+    given: unsigned or wrongly signed manifests are refused), required files, checksums.
 
     Raises BundleError naming the offending file."""
     bundle_dir = Path(bundle_dir)
@@ -207,6 +254,8 @@ def read_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
         raise BundleError(
             f"{path}: schema_version {version!r} is not supported (this meg reads {SCHEMA_VERSION})"
         )
+    if key:
+        check_signature(path, raw, key)
     try:
         manifest = Manifest.from_json(raw)
     except ArchitectureError as e:

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEG_", env_file=".env", extra="ignore")
 
     models_dir: Path = Field(Path("./models"), description="directory of bundles")
+    bundle_key: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key (MEG_BUNDLE_KEY): when set, only bundles whose "
+        "manifest is signed with it are loaded; empty = no signature required")
     default_model: str | None = Field(
         None, description='model used when a request names none (unset: chosen once, "digits" '
         "if loaded, else the first loaded by name; bundles appearing later never change it)")
@@ -83,6 +86,11 @@ class Settings(BaseSettings):
     def grace_s(self) -> float:
         """The graceful-shutdown limit in seconds (0 replaced by its default)."""
         return self.graceful_timeout_s or self.request_timeout_s + 5.0
+
+    @property
+    def bundle_key_bytes(self) -> bytes | None:
+        key = self.bundle_key.get_secret_value() if self.bundle_key else ""
+        return key.encode() if key else None
 
     @property
     def api_key_list(self) -> list[str]:

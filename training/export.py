@@ -140,5 +140,7 @@ def _write(meg: MEG, config: dict[str, Any], dataset: Dataset, metrics: dict[str
         calibration=B.Calibration.from_scores(val_energy, dataset.contamination),
         files=files,
     )
-    B.write_manifest(d, manifest)
+    # Signed when the operator's key is set (MEG_BUNDLE_KEY): a server holding the same
+    # key then refuses any manifest changed after export, including any file's sha256.
+    B.write_manifest(d, manifest, key=B.key_from_env())
     return manifest

@@ -214,7 +214,7 @@ def load_model(path: Path, settings: Settings, name: str | None = None) -> Loade
     from the declared architecture and the safetensors weights, warm everything up. Raises
     BundleError naming the file at fault (or whatever ORT/torch raise) on failure."""
     path = Path(path)
-    manifest = B.read_manifest(path, verify=True)
+    manifest = B.read_manifest(path, verify=True, key=settings.bundle_key_bytes)
     # The weights first: they hold the declared sizes the ONNX graphs are then checked by.
     device = choose_torch_device(settings.device)
     generator, energy = load_torch_networks(path, manifest, device)

@@ -143,3 +143,83 @@ def test_training_checkpoints_load_weights_only() -> None:
              for p in sorted((ROOT / pkg).rglob("*.py"))
              for line in p.read_text().splitlines() if "torch.load(" in line]
     assert calls and all("weights_only=True" in line for _, line in calls), calls
+
+
+# --------------------------------------------------------------------------- signing
+
+KEY = "operator-secret-key"
+
+
+@pytest.fixture(scope="module")
+def signed_toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A toy bundle exported with MEG_BUNDLE_KEY set."""
+    from megtest import train_tiny
+
+    out = tmp_path_factory.mktemp("signed") / "models" / "signed"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(B.KEY_ENV, KEY)
+        train_tiny("25gaussians", out, ["data.n=500", "train.steps=2"])
+    return out
+
+
+def test_export_signs_the_manifest_when_the_key_is_set(signed_toy: Path) -> None:
+    raw = json.loads((signed_toy / B.MANIFEST).read_text())
+    assert raw["signature"]["alg"] == "hmac-sha256"
+    assert raw["signature"]["value"] == B.manifest_signature(raw, KEY.encode())
+    assert B.read_manifest(signed_toy, key=KEY.encode()).name == "signed"
+    B.read_manifest(signed_toy)  # a server without a key reads it too
+    with pytest.raises(B.BundleError, match=r"manifest\.json: signature does not match"):
+        B.read_manifest(signed_toy, key=b"another key")
+
+
+def test_unsigned_export_has_no_signature(tiny_models_dir: Path, monkeypatch: Any) -> None:
+    monkeypatch.delenv(B.KEY_ENV, raising=False)
+    assert "signature" not in json.loads((tiny_models_dir / "toy" / B.MANIFEST).read_text())
+    with pytest.raises(B.BundleError, match=r"toy/manifest\.json: unsigned manifest"):
+        B.read_manifest(tiny_models_dir / "toy", key=KEY.encode())
+
+
+def test_server_with_a_key_loads_only_correctly_signed_bundles(
+        signed_toy: Path, tiny_models_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(signed_toy, root / "signed")
+    _copy(tiny_models_dir, "toy", root).rename(root / "unsigned")
+    # Tampered after signing: a manifest field edited, the signature kept.
+    d = root / "tampered"
+    shutil.copytree(signed_toy, d)
+    raw = json.loads((d / B.MANIFEST).read_text())
+    raw["metrics"]["modes_covered"] = 25
+    (d / B.MANIFEST).write_text(json.dumps(raw))
+    # A file swapped and its sha256 "fixed up" in the manifest: the signature covers it.
+    d = root / "swapped"
+    shutil.copytree(signed_toy, d)
+    marker = tmp_path / "pwned"
+    (d / B.WEIGHTS).write_bytes(payload_bytes(marker))
+    raw = json.loads((d / B.MANIFEST).read_text())
+    raw["files"][B.WEIGHTS] = _sha(d / B.WEIGHTS)
+    (d / B.MANIFEST).write_text(json.dumps(raw))
+    # Signed, but with another key.
+    d = root / "foreign"
+    shutil.copytree(signed_toy, d)
+    B.write_manifest(d, B.read_manifest(d), key=b"someone else's key")
+
+    with TestClient(create_app(_settings(root, bundle_key=KEY))) as c:
+        listing = c.get("/models").json()
+        assert [m["name"] for m in listing["models"]] == ["signed"]
+        failed = listing["failed"]
+        assert set(failed) == {"unsigned", "tampered", "swapped", "foreign"}
+        assert all(f"{name}/manifest.json" in reason for name, reason in failed.items())
+        assert "unsigned manifest" in failed["unsigned"]
+        for name in ("tampered", "swapped", "foreign"):
+            assert "signature does not match" in failed[name], name
+        assert c.get("/models/swapped/ready").status_code == 503
+        assert c.post("/sample", json={"model": "signed", "n": 2, "seed": 0}).status_code == 200
+    assert not marker.exists()
+    # Without a key the server does not ask for signatures (the swapped weights still fail
+    # as a bundle, by name, and run nothing).
+    with TestClient(create_app(_settings(root))) as c:
+        listing = c.get("/models").json()
+        assert sorted(m["name"] for m in listing["models"]) == ["foreign", "signed", "tampered",
+                                                                 "unsigned"]
+        assert "weights.safetensors" in listing["failed"]["swapped"]
+    assert not marker.exists()
