@@ -23,6 +23,7 @@ from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.settings import Settings, get_settings
 from service.v2 import rest as v2_rest
+from service.v2.grpc_server import GrpcFrontend
 
 log = logging.getLogger("service.main")
 
@@ -50,9 +51,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("no bundle loaded from %s; polling every %.1fs", settings.models_dir,
                         settings.poll_interval_s)
         poller = asyncio.create_task(engine.poll(), name="meg-poll-models")
+        grpc_frontend = None
+        if settings.grpc_port:  # V2 gRPC on this loop, over the same engine
+            grpc_frontend = GrpcFrontend(engine, app.version, settings.api_key_list,
+                                         settings.max_body_bytes)
+            app.state.grpc_port = await grpc_frontend.start(settings.host, settings.grpc_port)
         try:
             yield
         finally:
+            if grpc_frontend is not None:  # no new RPCs; running ones get the grace period
+                await grpc_frontend.stop(settings.grace_s)
             # uvicorn has stopped accepting and waited for in-flight requests (up to
             # timeout_graceful_shutdown); drain what is still queued, then stop.
             poller.cancel()

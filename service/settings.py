@@ -66,6 +66,8 @@ class Settings(BaseSettings):
         "finish")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(0, ge=0, le=65535, description="Open Inference Protocol (V2) gRPC "
+                           "port on `host`, beside HTTP in the same process; 0 = off")
 
     @field_validator("log_level")
     @classmethod

@@ -14,7 +14,9 @@ Model naming: every loaded bundle NAME serves five V2 models,
 
 and NAME alone is NAME.energy. D = the bundle's data_dim (model space), L = latent_dim.
 `seed` is optional (a random one is drawn and returned in the response parameter `seed`).
-Request parameters: anomaly takes `threshold` and `contamination`; sample takes
+Request parameters: anomaly takes `threshold` (flag score >= it) or `target_fpr` (flag
+conformal p-value <= it; default the bundle's) and answers both in the response
+parameters; sample takes
 `mcmc_steps` (latent MALA steps, default 0 = none).
 """
 
@@ -248,13 +250,16 @@ async def infer(engine: Engine, model: V2Model, inputs: list[Tensor],
         elif op == "encode":
             outs = {"z": (await engine.encode(bundle, rows)).latent}
         else:
-            a = await engine.anomaly(bundle, rows, _param_float(parameters, "threshold"),
-                                     _param_float(parameters, "contamination"))
+            a = await engine.anomaly(bundle, rows,
+                                     threshold=_param_float(parameters, "threshold"),
+                                     target_fpr=_param_float(parameters, "target_fpr"))
             outs = {"score": a.scores, "percentile": a.percentiles, "is_anomaly": a.flags}
             p = getattr(a, _P_FIELD, None) if _P_FIELD else None
             if p is not None:
                 outs["p_value"] = p
             params["threshold"] = a.threshold
+            if getattr(a, "target_fpr", None) is not None:
+                params["target_fpr"] = a.target_fpr
     tensors = [Tensor(spec.name, np.ascontiguousarray(outs[spec.name],
                                                       dtype=DATATYPES[spec.datatype]))
                for spec in model.outputs if spec.name in outs]

@@ -103,8 +103,16 @@ def test_energy_encode_anomaly_match_native(tc: th.InferenceServerClient,
     np.testing.assert_allclose(a.as_numpy("score"), [r["score"] for r in rows], rtol=1e-6)
     np.testing.assert_allclose(a.as_numpy("percentile"), [r["percentile"] for r in rows],
                                rtol=1e-6)
+    np.testing.assert_allclose(a.as_numpy("p_value"), [r["p_value"] for r in rows], rtol=1e-6)
     assert a.as_numpy("is_anomaly").tolist() == [r["is_anomaly"] for r in rows]
-    assert a.get_response()["parameters"]["threshold"] == pytest.approx(body["threshold"])
+    params = a.get_response()["parameters"]
+    assert params["threshold"] == pytest.approx(body["threshold"])
+    assert params["target_fpr"] == pytest.approx(body["target_fpr"])
+    # Flagging by p-value at another rate: the native answer at the same rate.
+    strict = _infer(tc, "digits.anomaly", {"x": x}, binary, parameters={"target_fpr": 0.5})
+    ref = native.post("/anomaly", json={"model": "digits", "inputs": x.tolist(),
+                                        "target_fpr": 0.5}).json()["results"]
+    assert strict.as_numpy("is_anomaly").tolist() == [r["is_anomaly"] for r in ref]
     # A threshold below every score flags every row.
     low = _infer(tc, "digits.anomaly", {"x": x}, binary, parameters={"threshold": -1e30})
     assert low.as_numpy("is_anomaly").all()
