@@ -3,7 +3,9 @@ deploy/ are written against them): change them only together with those.
 
 Each app instance owns a `CollectorRegistry`, so several apps in one process (tests)
 never collide on registration. Metrics are per process: run one uvicorn process per
-replica and let Prometheus aggregate across replicas.
+replica and let Prometheus aggregate across replicas. The registry also carries the
+standard process_* (memory, CPU, file descriptors; Linux), python_info and python_gc_*
+collectors, which the default global registry would have had.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -56,6 +61,18 @@ class Metrics:
                                          "rows flagged as anomalies", ["model"], registry=r)
         self.model_info = Gauge("meg_model_info", "loaded models (value 1)",
                                 ["model", "version", "provider", "device"], registry=r)
+        # Read at scrape time from meg_model_info, which the model registry sets on every
+        # load and removes on every unload: one source of truth, nothing else to update.
+        # 0 on a replica that is up means it serves nothing (alert MegNoModelLoaded).
+        self.models_loaded = Gauge("meg_models_loaded", "number of models being served",
+                                   registry=r)
+        self.models_loaded.set_function(self._count_models)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+    def _count_models(self) -> float:
+        return float(sum(1 for fam in self.model_info.collect() for _ in fam.samples))
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric in this registry."""
