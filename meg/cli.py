@@ -5,6 +5,7 @@
     meg info BUNDLE
     meg recipes
     meg serve [--models DIR] [--host HOST] [--port PORT]
+    meg score FILE [--model NAME] (--url URL | --bundle PATH) [--out FILE] [--chunk-size N]
 
 Subcommands import what they need lazily: `meg serve` never imports training code.
 """
@@ -82,6 +83,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    import os
+
+    from meg.bundle import MANIFEST
+    from meg.client import Client, MegClientError
+    from meg.score_file import BundleScorer, ScoreError, ServerScorer, score_file
+
+    if (args.url is None) == (args.bundle is None):
+        raise ScoreError("give exactly one of --url (a server) or --bundle (in-process)")
+    src, out = Path(args.file), Path(args.out) if args.out else None
+    opts = {"out": out, "chunk_size": args.chunk_size, "keep": args.keep,
+            "progress": not args.quiet}
+    if args.url is not None:
+        if not args.model:
+            raise ScoreError("--model NAME is required with --url")
+        key = args.api_key or os.environ.get("MEG_API_KEY")
+        try:
+            with Client(args.url, api_key=key) as client:
+                scorer = ServerScorer(client, args.model, args.threshold, args.target_fpr)
+                summary = score_file(src, scorer, **opts)
+        except MegClientError as e:
+            raise ScoreError(str(e)) from None
+    else:
+        bundle = Path(args.bundle)
+        if not (bundle / MANIFEST).exists() and args.model:
+            bundle = bundle / args.model  # --bundle MODELS_DIR --model NAME
+        summary = score_file(src, BundleScorer(bundle, args.threshold, args.target_fpr), **opts)
+    print(f"meg score: {summary.rows} rows, {summary.flagged} flagged"
+          + (f" -> {out}" if out else ""), file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meg", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,6 +156,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=None, help="default 127.0.0.1 ($MEG_HOST)")
     s.add_argument("--port", type=int, default=None, help="default 8000 ($MEG_PORT)")
     s.set_defaults(fn=_cmd_serve)
+
+    sc = sub.add_parser(
+        "score", help="anomaly scores for every row of a CSV or Parquet file",
+        description="Score a CSV/Parquet file in chunks (files larger than memory work) "
+        "through a server (--url) or in-process from a bundle (--bundle). Output: row, any "
+        "--keep columns, score, p_value, percentile, is_anomaly; CSV (Parquet when --out "
+        "ends in .parquet).")
+    sc.add_argument("file", help="input .csv or .parquet")
+    sc.add_argument("--model", help="model name (required with --url; with --bundle DIR of "
+                    "bundles, the bundle DIR/NAME)")
+    sc.add_argument("--url", help="server base URL, e.g. http://127.0.0.1:8000 (API key: "
+                    "--api-key or $MEG_API_KEY)")
+    sc.add_argument("--bundle", help="bundle directory (or a directory of bundles with --model)")
+    sc.add_argument("--out", help="output file (default: CSV on stdout)")
+    sc.add_argument("--chunk-size", type=int, default=1000, metavar="N",
+                    help="rows per chunk and per request (default 1000)")
+    sc.add_argument("--keep", action="append", metavar="COLUMN",
+                    help="copy this input column into the output, e.g. an id (repeatable)")
+    flag = sc.add_mutually_exclusive_group()
+    flag.add_argument("--target-fpr", type=float, help="flag p_value <= this (default: the "
+                      "bundle's target false-positive rate)")
+    flag.add_argument("--threshold", type=float, help="flag score >= this instead")
+    sc.add_argument("--api-key", help="API key for --url (default $MEG_API_KEY)")
+    sc.add_argument("--quiet", action="store_true", help="no progress bar")
+    sc.set_defaults(fn=_cmd_score)
     return p
 
 
