@@ -26,6 +26,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "meg_anomaly_scored_total": ("counter", {"model"}),
     "meg_anomalies_flagged_total": ("counter", {"model"}),
     "meg_model_info": ("gauge", {"model", "version", "provider", "device"}),
+    "meg_models_loaded": ("gauge", set()),
 }
 # Added by Prometheus at scrape time, or by histograms.
 TARGET_LABELS = {"instance", "job"}

@@ -71,6 +71,7 @@ def test_dashboard_covers_the_service(dashboard):
     assert has("meg_mala_acceptance_sum", "meg_mala_acceptance_count")
     assert has("meg_anomalies_flagged_total", "meg_anomaly_scored_total")
     assert "meg_model_info" in text and "meg_requests_in_flight" in text
+    assert has("meg_models_loaded", "== 0")
 
 
 def test_every_query_is_valid_promql(promtool, dashboard_exprs, tmp_path):

@@ -11,7 +11,7 @@ import yaml
 
 PROM = Path(__file__).resolve().parents[3] / "deploy" / "prometheus"
 REQUIRED_ALERTS = {"HighErrorRatio", "HighP99Latency", "QueueSaturation",
-                   "MalaAcceptanceCollapse", "AnomalyRateSpike", "TargetDown"}
+                   "MalaAcceptanceCollapse", "AnomalyRateSpike", "TargetDown", "MegNoModelLoaded"}
 
 
 def promtool_run(promtool: str, *args: str) -> subprocess.CompletedProcess:
