@@ -20,6 +20,7 @@ from service.engine import Engine
 from service.engine.models import LoadedModel
 from service.engine.results import MCMCParams
 from service.metrics import CONTENT_TYPE
+from service.middleware import FastJSONRoute
 from service.schemas import (
     AnomalyRequest,
     AnomalyResponse,
@@ -52,7 +53,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         422: "invalid input (the field says where)", 503: "queue full or no model loaded",
         504: "deadline exceeded"}.items()}
 
-api = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
+api = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS,
+                route_class=FastJSONRoute)
 probes = APIRouter()
 
 

@@ -1,6 +1,7 @@
 """Optional API keys (MEG_API_KEYS, comma separated). With none configured the API is
 open. A key is sent as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; it is
-compared in constant time against every configured key."""
+compared in constant time against every configured key, before the request body is
+read (service/middleware.py)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,9 @@ def _matches(candidate: str, keys: list[str]) -> bool:
     return ok
 
 
-async def require_api_key(
-    request: Request,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> None:
-    """Dependency guarding every route except health checks and /metrics."""
-    keys: list[str] = request.app.state.settings.api_key_list
+def check_api_key(authorization: str | None, x_api_key: str | None, keys: list[str]) -> None:
+    """Raise 401 (HTTPException) unless one of `keys` is presented; no-op without keys.
+    Needs only the headers, so the middleware runs it before reading any body."""
     if not keys:
         return
     candidate = x_api_key
@@ -37,3 +34,15 @@ async def require_api_key(
     if not _matches(candidate, keys):
         raise HTTPException(401, "invalid API key",
                             {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+async def require_api_key(
+    request: Request,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """Dependency guarding every route except health checks and /metrics. The request
+    middleware runs the same check first, from the headers alone, so an unauthenticated
+    body is never read; this dependency marks the routes that need a key (the middleware
+    looks for it) and guards them wherever the middleware is not installed."""
+    check_api_key(authorization, x_api_key, request.app.state.settings.api_key_list)

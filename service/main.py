@@ -77,8 +77,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(probes)
     app.include_router(api)
     v2_rest.install(app)  # Open Inference Protocol (V2) over REST
+    # The middleware sees the router so that it rejects what it can (API key, size, media
+    # type) from the headers alone, before any body byte is read.
     app.add_middleware(RequestMiddleware, metrics=metrics,  # type: ignore[arg-type]
-                       max_body_bytes=settings.max_body_bytes)
+                       max_body_bytes=settings.max_body_bytes, router=app.router,
+                       api_keys=settings.api_key_list, body_timeout_s=settings.body_timeout_s)
     return app
 
 

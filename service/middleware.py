@@ -1,24 +1,37 @@
 """The HTTP middleware (plain ASGI, so it sees every request, errors included):
 
 * request id: accepts a safe `X-Request-ID` or makes one, returns it, tags every log line;
-* body limits: 415 for a POST that is not JSON, 413 for a body over `max_body_bytes`
-  (from Content-Length up front, and counted while reading for chunked bodies);
-* metrics: meg_requests_total / meg_request_duration_seconds by route template and model,
-  meg_requests_in_flight;
+* cheap rejection first, from the headers alone and before any body byte is read: 401
+  for a route that needs an API key without a valid one (service/auth.py), 415 for a POST
+  that is not JSON, 413 for a Content-Length over `max_body_bytes`;
+* body reading bounded in size (413 for chunked bodies, counted while reading) and in
+  time (408 when the whole body has not arrived within `body_timeout_s`; the connection
+  is then closed);
+* metrics: meg_requests_total / meg_request_duration_seconds by route template (early
+  rejections too, when the path matches a route) and model, meg_requests_in_flight;
 * one structured access-log line per request;
 * last resort: an exception escaping the app becomes a logged 500 in the error shape.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import orjson
+from fastapi import HTTPException
+from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import check_api_key, require_api_key
 from service.errors import error_body
 from service.logs import clean_request_id, request_id_var
 from service.metrics import Metrics
@@ -31,6 +44,61 @@ _QUIET_PATHS = {"/healthz", "/readyz", "/metrics"}  # probes and scrapes: access
 
 class _TooLarge(Exception):
     pass
+
+
+class _Stalled(Exception):
+    pass
+
+
+def _flatten(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
+    """Routes with included routers opened up (FastAPI keeps an included router as one
+    entry holding the original). Routers included under an extra prefix are left out: a
+    request there is simply not checked early (the route's own dependency still runs)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            if not getattr(getattr(route, "include_context", None), "prefix", ""):
+                yield from _flatten(inner.routes)
+        else:
+            yield route
+
+
+def _needs_key(route: BaseRoute) -> bool:
+    return any(getattr(d, "dependency", None) is require_api_key
+               for d in getattr(route, "dependencies", []))
+
+
+# Bodies at least this large are parsed with orjson (several times faster than the
+# standard library): the event loop is held for one parse, so a big body must not hold
+# it for long (the GIL is held throughout either way, so a thread would not help).
+_FAST_PARSE_BYTES = 64 * 1024
+
+
+class _FastJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = orjson.loads(body) if len(body) >= _FAST_PARSE_BYTES else None
+            except orjson.JSONDecodeError:
+                self._json = None  # let the standard parser decide (and word the error)
+            if self._json is None:
+                self._json = json.loads(body)
+        return self._json
+
+
+class FastJSONRoute(APIRoute):
+    """An APIRoute whose large JSON bodies are parsed by orjson. Anything orjson refuses
+    (NaN literals, integers beyond 64 bits, bad JSON) goes to the standard parser, so
+    what is accepted and how errors read stay the same."""
+
+    def get_route_handler(self) -> Any:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            return await handler(_FastJSONRequest(request.scope, request.receive))
+
+        return route_handler
 
 
 def _is_json(content_type: str) -> bool:
@@ -50,10 +118,34 @@ def _as_json_scope(scope: Scope) -> Scope:
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int,
+                 router: Router | None = None, api_keys: list[str] | None = None,
+                 body_timeout_s: float = 10.0):
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.router = router  # to find the route (auth, metric labels) before the app runs
+        self.api_keys = api_keys or []
+        self.body_timeout_s = body_timeout_s
+        self._flat: list[BaseRoute] | None = None  # the router's routes, built on first use
+
+    def _routes(self) -> list[BaseRoute]:
+        if self._flat is None:
+            self._flat = list(_flatten(self.router.routes)) if self.router is not None else []
+        return self._flat
+
+    def _route(self, scope: Scope) -> tuple[BaseRoute | None, bool]:
+        """The route this request will reach (a path-only match for a wrong method, for
+        labels) and whether it is a full match."""
+        partial = None
+        probe = {**scope}  # matching must not touch the real scope
+        for route in self._routes():
+            match, _ = route.matches(probe)
+            if match == Match.FULL:
+                return route, True
+            if match == Match.PARTIAL and partial is None:
+                partial = route
+        return partial, False
 
     async def _send_error(self, send: Send, status: int, code: str, message: str,
                           extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -64,6 +156,13 @@ class RequestMiddleware:
         await send({"type": "http.response.body", "body": body})
 
     async def _read_body(self, receive: Receive) -> bytes:
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                return await self._read_chunks(receive)
+        except TimeoutError:
+            raise _Stalled() from None
+
+    async def _read_chunks(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -99,8 +198,18 @@ class RequestMiddleware:
                 message["headers"] = list(message.get("headers", [])) + [rid_header]
             await send(message)
 
+        route, full = self._route(scope)
+        state["route"] = route
         self.metrics.in_flight.inc()
         try:
+            if full and route is not None and self.api_keys and _needs_key(route):
+                try:
+                    check_api_key(headers.get("authorization"), headers.get("x-api-key"),
+                                  self.api_keys)
+                except HTTPException as e:
+                    await self._send_error(send_wrapper, 401, "unauthorized", str(e.detail), [
+                        (k.lower().encode(), v.encode()) for k, v in (e.headers or {}).items()])
+                    return
             if scope["method"] in _BODY_METHODS:
                 content_type = headers.get("content-type", "")
                 # V2 inference bodies may carry binary tensors (service/v2/rest.py reads them).
@@ -125,6 +234,12 @@ class RequestMiddleware:
                     await self._send_error(send_wrapper, 413, "payload_too_large",
                                            f"body over {self.max_body_bytes} bytes")
                     return
+                except _Stalled:
+                    # The rest of the body may still come: the connection cannot be reused.
+                    await self._send_error(send_wrapper, 408, "body_timeout",
+                                           f"request body not received within "
+                                           f"{self.body_timeout_s:g} s", [(b"connection", b"close")])
+                    return
                 replayed = False
 
                 async def replay() -> Message:
@@ -143,12 +258,13 @@ class RequestMiddleware:
                 raise  # too late to answer; the server closes the connection
             await self._send_error(send_wrapper, 500, "internal_error", "internal server error")
         finally:
-            self._record(scope, state["status"], time.perf_counter() - t0)
+            self._record(scope, state["status"], time.perf_counter() - t0, state["route"])
             self.metrics.in_flight.dec()
             request_id_var.reset(token)
 
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        route = scope.get("route")
+    def _record(self, scope: Scope, status: int, seconds: float,
+                matched: BaseRoute | None = None) -> None:
+        route = scope.get("route") or matched
         # The route template, never the raw path: unknown paths must not explode label sets.
         endpoint = getattr(route, "path", None) or "unmatched"
         model = str(scope.get("state", {}).get("model") or "")

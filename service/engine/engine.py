@@ -324,8 +324,13 @@ class Engine:
         ticket = self.chains(model).submit(ChainSpec(
             n=n, steps=mcmc.steps, step_size=mcmc.step_size, temperature=mcmc.temperature,
             prior=mcmc.prior, adapt=mcmc.adapt, seed=seed, deadline=self.stop_at(deadline)))
+        t0 = time.perf_counter()
         try:
             res = await asyncio.wait_for(asyncio.wrap_future(ticket.future), remaining)
+            # One observation per request, as without batching (the steps themselves are
+            # op="mala_step").
+            self.metrics.inference_duration.labels(model=model.name, op="mala",
+                                                   backend="torch").observe(time.perf_counter() - t0)
         except TimeoutError:
             ticket.cancel()
             raise DeadlineExceeded("MCMC") from None
