@@ -130,11 +130,14 @@ def test_calibration_and_threshold_agree():
 
 def test_export_replaces_a_bundle_atomically(bundles, tmp_path):
     """Re-exporting over an existing bundle leaves a complete bundle and no temp dirs."""
+    import shutil
+
     from megtest import train_tiny
 
     out = tmp_path / "models" / "toy"
     train_tiny("25gaussians", out, ["data.n=500", "train.steps=2"])
     first = B.read_manifest(out).version
+    shutil.rmtree(tmp_path / "runs")  # a fresh run (a run dir holding a checkpoint is kept)
     train_tiny("25gaussians", out, ["data.n=500", "train.steps=3"])
     assert B.read_manifest(out).version != first
     assert sorted(p.name for p in out.parent.iterdir()) == ["toy"]
