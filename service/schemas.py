@@ -2,6 +2,7 @@
 
 Numbers in `inputs` are strict: finite JSON numbers only. Strings ("1.5", "NaN"), booleans,
 null, NaN/Infinity literals (which Python's JSON parser accepts) are rejected with 422.
+Boolean options are strict too: JSON true/false only ("yes", "on", 0, 1 are 422).
 Limits that come from settings (max n, max rows, max MCMC steps) are checked by the routes.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Row = Annotated[list[FiniteFloat], Field(min_length=1)]
@@ -49,8 +50,8 @@ class MCMCOptions(BaseModel):
     steps: Annotated[int, Field(strict=True, ge=1, description="MALA steps (<= MEG_MAX_MCMC_STEPS)")] = 50
     step_size: Annotated[float, Field(strict=True, gt=0, le=100, allow_inf_nan=False)] = 0.01
     temperature: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 1.0
-    adapt: bool = Field(False, description="adapt the step size toward 0.574 acceptance during burn-in")
-    prior: bool = Field(True, description="add the N(0, I) prior ½‖z‖² to the latent energy")
+    adapt: StrictBool = Field(False, description="adapt the step size toward 0.574 acceptance during burn-in")
+    prior: StrictBool = Field(True, description="add the N(0, I) prior ½‖z‖² to the latent energy")
 
 
 class SampleRequest(BaseModel):
@@ -64,8 +65,8 @@ class SampleRequest(BaseModel):
     seed: Annotated[int | None, Field(
         None, strict=True, ge=0, lt=2**63, description="same seed, same samples; random when absent")] = None
     mcmc: MCMCOptions | None = None
-    return_latent: bool = False
-    return_records: bool = Field(
+    return_latent: StrictBool = False
+    return_records: StrictBool = Field(
         False, description="tabular models: also decode rows to records (inverse scaling, "
         "argmax of one-hot blocks)")
 
@@ -128,8 +129,13 @@ class AnomalyRequest(_Rows):
         None, strict=True, allow_inf_nan=False, description="flag scores >= this energy")] = None
     contamination: Annotated[float | None, Field(
         None, strict=True, gt=0, lt=1,
-        description="share of normal data to flag (default: the bundle's)")] = None
-    explain: bool = Field(False, description="add the features with the largest |dE/dx|")
+        description="target false-positive rate α: flag rows whose p-value <= α (default: "
+        "the bundle's calibration.target_fpr; at least 1/(n+1) for n calibration scores)")] = None
+    unknown_category: Annotated[Literal["zeros", "error"] | None, Field(
+        None, description="records: a category training never saw is scored with an all-zero "
+        "one-hot block and listed in `unseen` (zeros) or rejects the request (error); "
+        "default: the bundle's policy")] = None
+    explain: StrictBool = Field(False, description="add the features with the largest |dE/dx|")
     top_k: Annotated[int, Field(strict=True, ge=1, le=1000)] = 5
 
     @model_validator(mode="after")

@@ -148,3 +148,21 @@ def test_early_rejections_are_labelled_with_their_route(server: str) -> None:
         "Content-Type": "text/plain"}).status_code == 415
     for k, v in before.items():
         assert count(*k) == v + 1, k
+
+
+@pytest.mark.parametrize("value", ["yes", "on", "true", 0, 1, None])
+@pytest.mark.parametrize("where", ["mcmc.adapt", "mcmc.prior", "return_latent",
+                                   "return_records", "explain"])
+def test_boolean_options_take_json_booleans_only(client, where: str, value: object) -> None:
+    if where == "explain":
+        path, body = "/anomaly", {"model": "toy", "inputs": [[0.0, 0.0]], "explain": value}
+    elif where.startswith("mcmc."):
+        path, body = "/sample", {"model": "toy", "n": 1, "mcmc": {where[5:]: value}}
+    else:
+        path, body = "/sample", {"model": "toy", "n": 1, where: value}
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == where
+    body_ok = {**body, **({"mcmc": {where[5:]: True}} if where.startswith("mcmc.") else
+                          {where: False})}
+    assert client.post(path, json=body_ok).status_code == 200
