@@ -129,12 +129,7 @@ class AnomalyRequest(_Rows):
         None, strict=True, allow_inf_nan=False, description="flag scores >= this energy")] = None
     contamination: Annotated[float | None, Field(
         None, strict=True, gt=0, lt=1,
-        description="target false-positive rate α: flag rows whose p-value <= α (default: "
-        "the bundle's calibration.target_fpr; at least 1/(n+1) for n calibration scores)")] = None
-    unknown_category: Annotated[Literal["zeros", "error"] | None, Field(
-        None, description="records: a category training never saw is scored with an all-zero "
-        "one-hot block and listed in `unseen` (zeros) or rejects the request (error); "
-        "default: the bundle's policy")] = None
+        description="share of normal data to flag (default: the bundle's)")] = None
     explain: StrictBool = Field(False, description="add the features with the largest |dE/dx|")
     top_k: Annotated[int, Field(strict=True, ge=1, le=1000)] = 5
 
