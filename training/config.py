@@ -64,7 +64,12 @@ class TrainConfig:
     eval_mcmc_temperature: float = 1.0
     max_minutes: float = 0.0  # stop early after this wall time (0: no limit)
     log_every: int = 50
-    eval_every: int = 0  # 0: only at the end
+    eval_every: int = 0  # test metrics to TensorBoard every N steps (0: only at the end)
+    # The exported weights: the best checkpoint by a criterion that reads no test rows
+    # (training/train.py, selection_scores): swap_auroc | sample_gap | val_fit | last
+    # (the final step).
+    select: str = "swap_auroc"
+    select_every: int = 0  # steps between selection checks (0: steps // 20)
     preview_every: int = 500
     checkpoint_every: int = 500
     seed: int = 0

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from meg.bundle import valid_name
@@ -201,6 +202,108 @@ def _same_on_every_rank(value: Any, d: Dist) -> Any:
     return value
 
 
+# --------------------------------------------------------------------------- checkpoint selection
+
+SELECT_CRITERIA = ("swap_auroc", "sample_gap", "val_fit")
+PROBE_ROWS = 2048  # rows (and samples) a selection check scores: cheap next to a step's work
+SWAP_FRACTION = 0.25  # share of a held-out row's features taken from another held-out row
+
+
+def selection_scores(
+    e_val: np.ndarray, e_swap: np.ndarray, e_train: np.ndarray, e_fake: np.ndarray
+) -> dict[str, float]:
+    """Checkpoint-selection criteria from energies alone (higher = better); none reads a
+    test row, so the chosen step is one a deployment without labels would also choose.
+
+    - swap_auroc: AUROC of the energy telling held-out rows of the training class (e_val)
+      from the same rows with a quarter of their features swapped in from other held-out
+      rows (e_swap): pseudo-anomalies with the right marginals and broken dependencies.
+    - sample_gap: (mean E(G(z)) − mean E(val)) / sd E(val), how far generator samples sit
+      above held-out rows.
+    - val_fit: −(mean E(val) − mean E(train)) / sd E(train): 0 without memorisation of the
+      training rows, negative with it."""
+    labels = np.r_[np.zeros(len(e_val)), np.ones(len(e_swap))]
+    return {
+        "swap_auroc": float(roc_auc_score(labels, np.r_[e_val, e_swap])),
+        "sample_gap": float((np.mean(e_fake) - np.mean(e_val)) / (np.std(e_val) + 1e-8)),
+        "val_fit": float(-(np.mean(e_val) - np.mean(e_train)) / (np.std(e_train) + 1e-8)),
+    }
+
+
+def swap_features(rows: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """`rows` with each feature, with probability `fraction`, taken from another row."""
+    mask = rng.random(rows.shape) < fraction
+    return np.where(mask, rows[rng.permutation(len(rows))], rows)
+
+
+def mi_lower_bound(encoder_mse: float, latent_dim: int) -> float:
+    """Barber-Agakov lower bound on I(x; z) in nats for z ~ N(0, I), with the encoder as a
+    Gaussian q(z | x) of the best isotropic variance mse / d: −d/2 · log(mse / d)."""
+    return -0.5 * latent_dim * math.log(max(encoder_mse, 1e-12) / latent_dim)
+
+
+@dataclass
+class Probe:
+    """Fixed rows and latents every selection check scores, so checks are comparable."""
+
+    val: torch.Tensor  # (V, D) held-out rows of the training class (dataset.val)
+    swap: torch.Tensor  # (V, D) the same rows, features partly swapped (swap_features)
+    train: torch.Tensor  # (V', D) a fixed sample of training rows
+    z: torch.Tensor  # (P, latent)
+
+
+def make_probe(data: Dataset, latent_dim: int, device: torch.device, seed: int) -> Probe:
+    """The probe rows: the Dataset's validation rows and training rows only."""
+    g = np.random.default_rng(seed)
+    val = data.val[g.permutation(len(data.val))[:PROBE_ROWS]]
+    train_rows = data.train[g.permutation(len(data.train))[:PROBE_ROWS]]
+    z = torch.randn(PROBE_ROWS, latent_dim, generator=torch.Generator().manual_seed(seed))
+    swap = swap_features(val, SWAP_FRACTION, g)
+    return Probe(torch.as_tensor(val, dtype=torch.float32, device=device),
+                 torch.as_tensor(swap, dtype=torch.float32, device=device),
+                 torch.as_tensor(train_rows, dtype=torch.float32, device=device), z.to(device))
+
+
+@torch.no_grad()
+def probe_model(meg: MEG, probe: Probe) -> dict[str, float]:
+    """Selection criteria plus the entropy term's health (encoder MSE, MI bound) on the probe."""
+    modes = {k: m.training for k, m in meg.modules().items()}
+    for m in meg.modules().values():
+        m.eval()
+    x_fake = meg.generator(probe.z)  # (P, D)
+    e = {k: meg.energy(x).float().cpu().numpy()
+         for k, x in (("val", probe.val), ("swap", probe.swap), ("train", probe.train),
+                      ("fake", x_fake))}
+    mse = losses.encoder_mi_loss(probe.z, meg.encoder(x_fake)).item()
+    for k, m in meg.modules().items():
+        m.train(modes[k])
+    out = selection_scores(e["val"], e["swap"], e["train"], e["fake"])
+    out.update({"encoder_mse": mse, "mi_bound_nats": mi_lower_bound(mse, probe.z.shape[1])})
+    return out
+
+
+@dataclass
+class Best:
+    """The best weights so far by the selection criterion (kept in memory and checkpoints)."""
+
+    criterion: str
+    step: int = -1
+    value: float = -math.inf
+    modules: dict[str, dict[str, torch.Tensor]] | None = None
+
+    def offer(self, step: int, value: float, mods: dict[str, nn.Module]) -> bool:
+        if not value > self.value:  # NaN never wins
+            return False
+        self.step, self.value = step, value
+        self.modules = {k: {n: t.detach().clone() for n, t in m.state_dict().items()}
+                        for k, m in mods.items()}
+        return True
+
+    def to_state(self) -> dict[str, Any]:
+        return {"criterion": self.criterion, "step": self.step, "value": self.value,
+                "modules": self.modules}
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -290,6 +393,15 @@ def train(
         opt_g.load_state_dict(state["opt_g"])
         step = int(state["step"])
         rng.manual_seed(tc.seed * 1000 + dd.rank + step)
+        saved_best = state.get("best")
+    else:
+        saved_best = None
+    best = Best(tc.select)
+    if saved_best is not None and saved_best["criterion"] == tc.select:
+        best = Best(tc.select, int(saved_best["step"]), float(saved_best["value"]),
+                    saved_best["modules"])
+    probe = make_probe(data, cfg.model.latent_dim, device, seed=tc.seed + 7919) if dd.main else None
+    selection: list[dict[str, float]] = []
     broadcast_params(list(mods.values()), dd)
 
     writer = None
@@ -332,9 +444,21 @@ def train(
         if dd.main:
             torch.save(
                 {"config": cfg.to_dict(), "step": step, "opt_e": opt_e.state_dict(),
-                 "opt_g": opt_g.state_dict(), "modules": {k: m.state_dict() for k, m in mods.items()}},
+                 "opt_g": opt_g.state_dict(), "modules": {k: m.state_dict() for k, m in mods.items()},
+                 "best": best.to_state()},
                 ckpt_path,
             )
+
+    def check_selection() -> None:
+        if probe is None or (selection and selection[-1]["step"] == step):
+            return
+        check = probe_model(meg, probe)
+        selection.append({"step": step, **check})
+        if tc.select != "last":
+            best.offer(step, check[tc.select], mods)
+        if writer is not None:
+            for k, v in check.items():
+                writer.add_scalar(f"select/{k}", v, step)
 
     last: dict[str, float] = {}
     history: list[dict[str, float]] = []
@@ -394,20 +518,34 @@ def train(
                 for k, v in periodic.items():
                     if isinstance(v, int | float):
                         writer.add_scalar(f"eval/{k}", v, step)
+        if step % select_every == 0:
+            check_selection()
         if dd.main and tc.preview_every and step % tc.preview_every == 0:
             _preview(meg, data, device, run_dir / "previews" / f"step_{step:07d}.png")
         if tc.checkpoint_every and step % tc.checkpoint_every == 0:
             save_checkpoint()
     if bar is not None:
         bar.close()
+    if step > 0:
+        check_selection()  # the last step is always a candidate (also after max_minutes)
     save_checkpoint()
 
     metrics: dict[str, Any] = {}
     bundle_dir = None
+    # Export the best weights by the criterion (test rows are read only below, to report);
+    # rank 0 chose them, and every rank returns them.
+    if dd.main and best.modules is not None and best.step != step:
+        for k, m in mods.items():
+            m.load_state_dict(best.modules[k])
+    broadcast_params(list(mods.values()), dd)
     if dd.main:
+        chosen = best.step if best.modules is not None else step
         metrics = _evaluate(meg, data, device, tc)
         metrics.update({"steps": step, "train_seconds": round(time.time() - t0, 2),
-                        "threads": threads.threads})
+                        "threads": threads.threads, "selected_step": chosen,
+                        "select_criterion": tc.select})
+        if best.modules is not None:
+            metrics["select_value"] = best.value
         if writer is not None:
             for k, v in metrics.items():
                 if isinstance(v, int | float):
@@ -418,7 +556,7 @@ def train(
             export_bundle(meg, cfg.to_dict(), data, metrics, Path(out), seed=tc.seed)
             bundle_dir = Path(out)
         (run_dir / "metrics.json").write_text(
-            json.dumps({"final": metrics, "history": history}, indent=2)
+            json.dumps({"final": metrics, "history": history, "selection": selection}, indent=2)
         )
     if dd.world > 1:
         dist.barrier()

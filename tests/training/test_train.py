@@ -8,13 +8,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from megtest import TINY, make_table
 
 from training.config import apply_overrides, load_recipe
 from training.evaluate import anomaly_metrics
-from training.train import CHECKPOINT, RunDirError, config_differences, load_data, train
+from training.train import (
+    CHECKPOINT,
+    RunDirError,
+    config_differences,
+    load_data,
+    mi_lower_bound,
+    selection_scores,
+    swap_features,
+    train,
+)
 
 DATA = Path(os.environ.get("MEG_DATA_DIR", "data"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +137,96 @@ def test_config_differences_ignore_what_resuming_may_change():
     req = {"name": "b", "train": {"steps": 9, "lr": 0.1, "log_every": 7}, "model": {"z": [2]}}
     assert config_differences(saved, req) == ["model.z: [1] -> [2]"]
     assert config_differences(saved, saved) == []
+
+
+def _energy_params(meg):
+    return {k: v.detach().clone() for k, v in meg.energy.state_dict().items()}
+
+
+def test_the_export_is_the_best_checkpoint_by_the_criterion(tmp_path, monkeypatch):
+    """Scripted criterion values peak at the second check (step 4 of 10): the bundle gets
+    the step-4 weights, which a 4-step run of the same seed reproduces."""
+    import training.train as T
+
+    values = iter([0.1, 0.9, 0.2, 0.3, 0.4])
+    real = T.selection_scores
+    monkeypatch.setattr(T, "selection_scores",
+                        lambda *a: {**real(*a), "swap_auroc": next(values)})
+    exported = {}
+    monkeypatch.setattr(T, "export_bundle",
+                        lambda meg, *a, **k: exported.update(_energy_params(meg)))
+    base = ["data.n=1000", "train.lr_schedule='constant'", "train.select_every=2"]
+    res = train(tiny("25gaussians", *base, "train.steps=10"), tmp_path / "m", tmp_path / "run",
+                progress=False)
+    assert res.steps == 10 and res.metrics["selected_step"] == 4
+    assert res.metrics["select_criterion"] == "swap_auroc" and res.metrics["select_value"] == 0.9
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [c["step"] for c in saved["selection"]] == [2, 4, 6, 8, 10]
+    monkeypatch.setattr(T, "selection_scores", real)
+    ref = train(tiny("25gaussians", *base, "train.steps=4", "train.select='last'"), None,
+                tmp_path / "ref", progress=False)
+    assert ref.metrics["selected_step"] == 4
+    want = _energy_params(ref.model)
+    assert exported.keys() == want.keys() and all(torch.equal(exported[k], want[k]) for k in want)
+    # The checkpoint keeps the last step's weights (to resume) beside the chosen ones.
+    state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    assert state["step"] == 10 and state["best"]["step"] == 4
+    assert not all(torch.equal(state["modules"]["energy"][k], want[k]) for k in want)
+    assert all(torch.equal(state["best"]["modules"]["energy"][k], want[k]) for k in want)
+
+
+class _Poison:
+    """Test rows that fail on any read."""
+
+    def _fail(self, *a, **k):
+        raise AssertionError("a test row was read before the checkpoint was chosen")
+
+    __array__ = __getitem__ = __len__ = __iter__ = _fail
+    shape = property(_fail)
+
+
+def test_the_criterion_reads_no_test_rows(tmp_path, monkeypatch):
+    import training.train as T
+
+    data = load_data(tiny("digits").data)
+    data.test_x, data.test_y = _Poison(), _Poison()
+    # Only the final report reads test rows, after the choice; stand it in.
+    monkeypatch.setattr(T, "_evaluate", lambda *a: {})
+    res = train(tiny("digits", "train.select_every=5"), None, tmp_path / "run", progress=False,
+                dataset=data)
+    assert res.metrics["selected_step"] in (5, 10, 15, 20)
+    checks = json.loads((tmp_path / "run" / "metrics.json").read_text())["selection"]
+    assert [c["step"] for c in checks] == [5, 10, 15, 20]
+    assert all(0.0 <= c["swap_auroc"] <= 1.0 and c["encoder_mse"] > 0 for c in checks)
+
+
+def test_selection_scores_and_swapped_rows():
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=500)
+    s = selection_scores(e, e + 10.0, e, e + 3 * e.std())
+    assert s["swap_auroc"] == 1.0 and s["sample_gap"] == pytest.approx(3.0)
+    assert s["val_fit"] == pytest.approx(0.0)
+    assert selection_scores(e, rng.normal(size=500), e, e)["swap_auroc"] == pytest.approx(0.5, abs=0.06)
+    rows = rng.normal(size=(400, 8))
+    assert np.array_equal(swap_features(rows, 0.0, rng), rows)
+    swapped = swap_features(rows, 0.25, rng)
+    changed = swapped != rows
+    assert 0.2 < changed.mean() < 0.3  # about a quarter of the features
+    assert np.isin(swapped, rows).all()  # values come from other rows, none are made up
+
+
+def test_the_entropy_term_improves_and_is_logged(tmp_path):
+    """The encoder's reconstruction ‖z − Enc(G(z))‖² on a fixed probe falls over a short
+    toy run, so the MI lower bound rises; both go to metrics.json (and TensorBoard)."""
+    res = train(tiny("25gaussians", "data.n=1000", "train.steps=60", "train.select_every=10",
+                     "train.lr_schedule='constant'"),
+                None, tmp_path / "run", progress=False)
+    checks = json.loads((tmp_path / "run" / "metrics.json").read_text())["selection"]
+    mse = [c["encoder_mse"] for c in checks]
+    assert len(mse) == 6 and all(b < a for a, b in zip(mse, mse[1:])) and mse[-1] < 0.95 * mse[0]
+    assert checks[-1]["mi_bound_nats"] > checks[0]["mi_bound_nats"]
+    assert mi_lower_bound(2.0, 2) == pytest.approx(0.0)  # Enc(x) = 0 recovers nothing
+    assert res.metrics["selected_step"] in [c["step"] for c in checks]
 
 
 def test_thread_count_is_stated_and_applied(tmp_path, capsys, monkeypatch):
