@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import torch
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from service.api import api, probes
 from service.engine import Engine
@@ -29,6 +32,47 @@ log = logging.getLogger("service.main")
 
 DESCRIPTION = """Serve Maximum Entropy Generator bundles: sample, score energies, flag
 anomalies, encode. Errors are `{"error": {"code", "message", "field"}}`. See docs/service.md."""
+
+# The API-key schemes as OpenAPI declares them (Swagger UI's Authorize button, client
+# generators). Declarations only: service/auth.py decides, per request, whether a key is
+# needed and whether it is valid; tests/service/test_docs.py checks the two agree.
+API_KEY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearer": {"type": "http", "scheme": "bearer",
+               "description": "`Authorization: Bearer <key>`, one of MEG_API_KEYS"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+               "description": "`X-API-Key: <key>`, one of MEG_API_KEYS"},
+}
+
+
+def declare_api_keys(schema: dict[str, Any], open_routes: Iterable[BaseRoute],
+                     required: bool) -> dict[str, Any]:
+    """Add API_KEY_SCHEMES to an OpenAPI document and list them as the alternatives on
+    every operation but those of `open_routes` (probes and metrics). Without configured
+    keys (`required` false) the empty requirement `{}` joins them: the key is optional.
+    New operations are protected by default, as routes on the `api` router are."""
+    schema.setdefault("components", {})["securitySchemes"] = API_KEY_SCHEMES
+    security: list[dict[str, list[str]]] = [{name: []} for name in API_KEY_SCHEMES]
+    if not required:
+        security.append({})
+    open_ops = {(r.path_format, m.lower()) for r in open_routes if isinstance(r, APIRoute)
+                for m in r.methods or ()}
+    for path, ops in schema.get("paths", {}).items():
+        for method, op in ops.items():
+            if (path, method) not in open_ops:
+                op["security"] = security
+    return schema
+
+
+def _openapi_with_api_keys(app: FastAPI, required: bool) -> Callable[[], dict[str, Any]]:
+    generate = app.openapi  # FastAPI's own: builds the document once and caches it
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            declare_api_keys(generate(), [*probes.routes, *v2_rest.probes.routes], required)
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    return openapi
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -77,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(probes)
     app.include_router(api)
     v2_rest.install(app)  # Open Inference Protocol (V2) over REST
+    app.openapi = _openapi_with_api_keys(app, required=bool(settings.api_key_list))  # type: ignore[method-assign]
     # The middleware sees the router so that it rejects what it can (API key, size, media
     # type) from the headers alone, before any body byte is read.
     app.add_middleware(RequestMiddleware, metrics=metrics,  # type: ignore[arg-type]
