@@ -90,3 +90,20 @@ def test_sigterm_with_mcmc_requests_in_flight_loses_nothing(toy_only: Path) -> N
     assert all(r[0] == 200 for r in started_before), statuses  # in flight: finished
     assert proc.returncode == 0, out
     assert "Traceback" not in out and "timeout graceful shutdown exceeded" not in out, out
+
+
+def test_busy_port_is_reported_before_loading_models(toy_only: Path, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # A models dir that would take long to load if it were loaded: a port check that
+        # came after loading would show up as a slow exit (and a different message).
+        t0 = time.monotonic()
+        proc = _meg_serve(toy_only, port, MEG_LOG_LEVEL="INFO")
+        out, _ = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - t0
+    assert proc.returncode == 2, out
+    assert f"cannot listen on 127.0.0.1:{port}" in out and "already in use" in out, out
+    assert "loading bundles" not in out and "Traceback" not in out, out
+    assert elapsed < 20
