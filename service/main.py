@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from fastapi_offline import FastAPIOffline
 from starlette.routing import BaseRoute
 
+from meg.threads import auto_threads
 from service.api import api, probes
 from service.engine import Engine
 from service.errors import install_error_handlers
@@ -64,17 +64,6 @@ def declare_api_keys(schema: dict[str, Any], open_routes: Iterable[BaseRoute],
     return schema
 
 
-# /docs (Swagger UI) and /redoc load their scripts, styles and icon from DOCS_ASSETS on
-# this server (files of the fastapi-offline package), never from a CDN: they work on an
-# air-gapped network. No validator badge: Swagger UI would send the document's URL to
-# validator.swagger.io. Keys entered under Authorize survive a page reload.
-DOCS_ASSETS = "/docs/assets"
-DOCS: dict[str, Any] = {
-    "docs_url": "/docs", "redoc_url": "/redoc", "static_url": DOCS_ASSETS,
-    "swagger_ui_parameters": {"validatorUrl": None, "persistAuthorization": True},
-}
-
-
 def _openapi_with_api_keys(app: FastAPI, required: bool) -> Callable[[], dict[str, Any]]:
     generate = app.openapi  # FastAPI's own: builds the document once and caches it
 
@@ -96,8 +85,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        # 0: the CPUs this process may use (cgroup quota, affinity), not the host's cores.
+        threads = auto_threads(settings.torch_threads)
+        torch.set_num_threads(threads.threads)
+        log.info("torch threads: %s", threads.reason)
         engine = Engine(settings, metrics)
         app.state.engine = engine
         log.info("loading bundles from %s", settings.models_dir)
@@ -125,8 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.close()
             log.info("shut down")
 
-    app = FastAPIOffline(title="meg model server", version="0.1.0", description=DESCRIPTION,
-                         lifespan=lifespan, **DOCS)
+    app = FastAPI(title="meg model server", version="0.1.0", description=DESCRIPTION,
+                  lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)

@@ -27,8 +27,9 @@ class Settings(BaseSettings):
         None, description='model used when a request names none (unset: chosen once, "digits" '
         "if loaded, else the first loaded by name; bundles appearing later never change it)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    ort_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = ORT default)")
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = leave torch's)")
+    # 0 = auto (meg.threads): the CPUs this process may use, cgroup quota and affinity included.
+    ort_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = auto)")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0 = auto)")
     inference_workers: int = Field(
         4, ge=1, description="threads running batched feed-forward inference (ONNX)")
     heavy_workers: int = Field(

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from meg import bundle as B
 from meg.mala import sample_latent
 from meg.networks import build_bundled
+from meg.threads import auto_threads
 from service.engine.errors import DeadlineExceeded
 from service.metrics import Metrics
 from service.settings import Settings
@@ -60,8 +61,9 @@ def choose_torch_device(device: str) -> torch.device:
 
 def session_options(settings: Settings) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    if settings.ort_threads:
-        opts.intra_op_num_threads = settings.ort_threads
+    # 0: the CPUs this process may use (cgroup quota, affinity); ORT's own default counts
+    # the host's cores, which in a CPU-limited container oversubscribes the quota.
+    opts.intra_op_num_threads = auto_threads(settings.ort_threads).threads
     opts.inter_op_num_threads = 1
     # Several sessions and torch share a few cores: spinning pools would burn CPU that
     # another pool needs, so idle ORT threads sleep instead.

@@ -78,3 +78,12 @@ def test_detect_cpus_reads_affinity_quota_and_env(tmp_path, monkeypatch):
 
 def _raise(pid):
     raise OSError("no affinity here")
+
+
+def test_the_service_sizes_ort_sessions_from_the_quota(monkeypatch):
+    from service.engine.models import session_options
+    from service.settings import Settings
+
+    monkeypatch.setattr(threads, "detect_cpus", lambda: CpuInfo(cpu_count=64, quota=2.0))
+    assert session_options(Settings(ort_threads=0)).intra_op_num_threads == 2
+    assert session_options(Settings(ort_threads=3)).intra_op_num_threads == 3
