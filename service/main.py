@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from starlette.routing import BaseRoute
 
 from meg.threads import auto_threads
@@ -62,6 +63,17 @@ def declare_api_keys(schema: dict[str, Any], open_routes: Iterable[BaseRoute],
             if (path, method) not in open_ops:
                 op["security"] = security
     return schema
+
+
+# /docs (Swagger UI) and /redoc load their scripts, styles and icon from DOCS_ASSETS on
+# this server (files of the fastapi-offline package), never from a CDN: they work on an
+# air-gapped network. No validator badge: Swagger UI would send the document's URL to
+# validator.swagger.io. Keys entered under Authorize survive a page reload.
+DOCS_ASSETS = "/docs/assets"
+DOCS: dict[str, Any] = {
+    "docs_url": "/docs", "redoc_url": "/redoc", "static_url": DOCS_ASSETS,
+    "swagger_ui_parameters": {"validatorUrl": None, "persistAuthorization": True},
+}
 
 
 def _openapi_with_api_keys(app: FastAPI, required: bool) -> Callable[[], dict[str, Any]]:
@@ -116,8 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.close()
             log.info("shut down")
 
-    app = FastAPI(title="meg model server", version="0.1.0", description=DESCRIPTION,
-                  lifespan=lifespan)
+    app = FastAPIOffline(title="meg model server", version="0.1.0", description=DESCRIPTION,
+                         lifespan=lifespan, **DOCS)
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
