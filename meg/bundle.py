@@ -22,6 +22,7 @@ Every tensor at the bundle boundary is flat: rows of `data_dim` floats in model 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -79,27 +80,54 @@ def sha256_file(path: Path) -> str:
 
 @dataclass
 class Calibration:
-    """Energy percentiles on held-out normal (inlier) data: `values[k]` is the
-    `percentiles[k]`-th percentile. `contamination` is the recipe's default share of rows
-    to flag; the default threshold is the (100 - 100*contamination)-th percentile."""
+    """The scores of held-out normal rows (rows of the training class that training never
+    saw, disjoint from any test rows), sorted ascending: the reference set of the
+    conformal p-values (meg.scoring.conformal_pvalues). `target_fpr` is the bundle's
+    default target false-positive rate α (flag p <= α); `score` names the score
+    ("energy"); `source` says where the rows came from."""
 
-    percentiles: list[float]
-    values: list[float]
-    n: int
-    contamination: float
+    scores: list[float]
+    target_fpr: float
+    score: str = "energy"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.scores:
+            raise ValueError("calibration.scores is empty")
+        if not 0.0 < self.target_fpr < 1.0:
+            raise ValueError(f"calibration.target_fpr must be in (0, 1), got {self.target_fpr}")
+        a = np.asarray(self.scores, dtype=np.float64)
+        if not np.isfinite(a).all() or bool(np.any(a[1:] < a[:-1])):
+            raise ValueError("calibration.scores must be finite and sorted ascending")
+
+    @property
+    def n(self) -> int:
+        return len(self.scores)
+
+    @functools.cached_property
+    def array(self) -> np.ndarray:
+        """The scores as a sorted float64 array (computed once per loaded bundle)."""
+        return np.asarray(self.scores, dtype=np.float64)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"score": self.score, "target_fpr": self.target_fpr, "n": self.n,
+                "source": self.source, "scores": self.scores}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Calibration:
-        return cls(**d)
+        if "scores" not in d:
+            raise ValueError("calibration has no 'scores' (a bundle from before conformal "
+                             "calibration); export it again")
+        return cls(scores=[float(v) for v in d["scores"]], target_fpr=float(d["target_fpr"]),
+                   score=str(d.get("score", "energy")), source=str(d.get("source", "")))
 
     @classmethod
-    def from_scores(cls, scores: np.ndarray, contamination: float) -> Calibration:
-        pct = np.linspace(0.0, 100.0, 201)
-        vals = np.percentile(np.asarray(scores, dtype=np.float64), pct)
-        return cls(pct.tolist(), vals.tolist(), int(len(scores)), float(contamination))
+    def from_scores(cls, scores: np.ndarray, target_fpr: float, score: str = "energy",
+                    source: str = "") -> Calibration:
+        """Calibration from held-out normal scores (any order): stored sorted, as the
+        float32 values the networks output."""
+        vals = np.sort(np.asarray(scores, dtype=np.float32).reshape(-1)).astype(np.float64)
+        return cls(vals.tolist(), float(target_fpr), score, source)
 
 
 # --------------------------------------------------------------------------- manifest

@@ -56,7 +56,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if not args.full:
         info.pop("config")
         cal = info.pop("calibration")
-        info["calibration"] = {"n": cal["n"], "contamination": cal["contamination"]}
+        info["calibration"] = {k: cal[k] for k in ("score", "n", "target_fpr", "source")}
         pre = info.pop("preprocessing")
         info["preprocessing"] = (
             {"features": len(pre["features"]), "unknown_category": pre["unknown_category"]}

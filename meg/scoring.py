@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from meg.bundle import Calibration
-
 # Scores that differ from a calibration score by no more than float32 rounding count as
 # ties. The same row scored by another runtime, batch size or device can move by a few
 # ulps; treating such near-ties as ties only raises p-values, so the guarantee stands.
@@ -94,6 +92,13 @@ def score_threshold(calibration_scores: np.ndarray, alpha: float) -> float | Non
     return float(cal[n - 1 - k])
 
 
+def percentile_rank(calibration_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each score's percentile (0-100) among the calibration scores: the share of them
+    strictly below it (100 * (1 - #{cal >= s} / n), ignoring the tie tolerance)."""
+    cal = sorted_calibration(calibration_scores)
+    return 100.0 * np.searchsorted(cal, _as_scores(scores, "scores"), side="left") / cal.size
+
+
 def check_contamination(contamination: float) -> float:
     if not 0.0 < contamination < 1.0:
         raise ValueError(f"contamination must be in (0, 1), got {contamination}")
@@ -111,16 +116,3 @@ def flag(scores: np.ndarray, threshold: float) -> np.ndarray:
     """is_anomaly: score at or above an explicit threshold."""
     return np.asarray(scores) >= threshold
 
-
-# The percentile-table rules below go away once bundles store their calibration scores.
-
-
-def threshold_from_calibration(cal: Calibration, contamination: float | None = None) -> float:
-    """The threshold flagging `contamination` (default: the bundle's) of normal data."""
-    c = check_contamination(cal.contamination if contamination is None else contamination)
-    return float(np.interp(100.0 * (1.0 - c), cal.percentiles, cal.values))
-
-
-def percentile_rank(cal: Calibration, scores: np.ndarray) -> np.ndarray:
-    """Each score's percentile (0-100) among the calibration energies of normal data."""
-    return np.interp(np.asarray(scores, dtype=np.float64), cal.values, cal.percentiles)

@@ -128,20 +128,31 @@ async def score_energy(body: EnergyRequest, request: Request, engine: EngineDep)
           summary="Score and flag anomalies")
 async def detect_anomalies(body: AnomalyRequest, request: Request,
                            engine: EngineDep) -> dict[str, Any]:
-    """score = energy; percentile among normal calibration data; flagged at or above the
-    threshold (given, or from `contamination`, default the bundle's). `explain` adds the
-    features with the largest |dE/dx| (one-hot columns of a record feature summed)."""
+    """score = energy; p_value = conformal p-value against the bundle's calibration scores
+    (held-out normal rows); flagged when p_value <= target_fpr (default the bundle's), so
+    at most a share target_fpr of normal rows is flagged; or, given `threshold`, when
+    score >= threshold. Records with a category training never saw are scored (all-zero
+    one-hot block) and list the feature in `unseen`, unless `unknown_category` is
+    "error". `explain` adds the features with the largest |dE/dx| (one-hot columns of a
+    record feature summed)."""
     model = _use(request, engine, body.model)
-    res = await engine.anomaly(model, engine.rows(model, body.inputs, body.records),
-                               body.threshold, body.contamination, body.explain, body.top_k)
+    rows = engine.rows(model, body.inputs, body.records, body.unknown_category)
+    res = await engine.anomaly(model, rows, body.threshold, body.target_fpr, body.explain,
+                               body.top_k)
+    assert res.p_values is not None
     results: list[dict[str, Any]] = [
-        {"score": float(s), "percentile": float(p), "is_anomaly": bool(f)}
-        for s, p, f in zip(res.scores, res.percentiles, res.flags, strict=True)]
+        {"score": float(s), "p_value": float(pv), "percentile": float(p), "is_anomaly": bool(f)}
+        for s, pv, p, f in zip(res.scores, res.p_values, res.percentiles, res.flags,
+                               strict=True)]
+    if res.unseen is not None:
+        for r, unseen in zip(results, res.unseen, strict=True):
+            if unseen:
+                r["unseen"] = unseen
     if res.explanations is not None:
         for r, contributions in zip(results, res.explanations, strict=True):
             r["explanation"] = [asdict(c) for c in contributions]
-    return {"model": res.model, "version": res.version, "threshold": res.threshold,
-            "results": results}
+    return {"model": res.model, "version": res.version, "score": res.score_name,
+            "target_fpr": res.target_fpr, "threshold": res.threshold, "results": results}
 
 
 @api.post("/encode", response_model=EncodeResponse, summary="Latent codes of inputs")
@@ -180,7 +191,8 @@ async def get_model(name: str, request: Request, engine: EngineDep) -> dict[str,
     model = _use(request, engine, name)
     man = model.manifest
     cal = man.calibration
-    pcts = {str(p): float(np.interp(p, cal.percentiles, cal.values)) for p in (50, 90, 95, 99)}
+    pcts = {str(p): float(np.percentile(cal.array, p)) for p in (50, 90, 95, 99)}
+    default_threshold = scoring.score_threshold(cal.array, cal.target_fpr)
     pre = man.preprocessing
     return {
         **model.summary(),
@@ -188,9 +200,12 @@ async def get_model(name: str, request: Request, engine: EngineDep) -> dict[str,
         "input_features": [{"name": f.name, "kind": f.kind, "categories": f.categories or None}
                            for f in pre.features] if pre else None,
         "value_range": man.data.value_range, "metrics": man.metrics,
+        "unknown_category": pre.unknown_category if pre else None,
         "calibration": CalibrationSummary(
-            n=cal.n, contamination=cal.contamination,
-            default_threshold=scoring.threshold_from_calibration(cal), percentiles=pcts),
+            score=cal.score, n=cal.n, source=cal.source, target_fpr=cal.target_fpr,
+            min_target_fpr=scoring.min_alpha(cal.n),
+            default_threshold=default_threshold,
+            percentiles=pcts),
         "recipe": man.recipe, "created": man.created, "path": str(model.path),
     }
 

@@ -1,4 +1,7 @@
-"""One error shape for every failure: ``{"error": {"code", "message", "field"}}``.
+"""One error shape for every failure: ``{"error": {"code", "message", "field"}}``. A 422
+adds ``details``: every problem of the request (every bad row and value, every schema
+violation) as ``{"index", "field", "reason"}`` (index: the row, or null), at least one;
+code, message and field describe the first.
 
 The engine's domain errors get their HTTP status here (ENGINE_STATUS), FastAPI's own
 validation and HTTP errors are re-shaped here; anything unexpected goes
@@ -33,13 +36,28 @@ _HTTP_CODES = {
 }
 
 
-def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "field": field}}
+def error_body(code: str, message: str, field: str | None = None,
+               details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message, "field": field}
+    if details:
+        err["details"] = details
+    return {"error": err}
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+                   headers: dict[str, str] | None = None,
+                   details: list[dict[str, Any]] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, field, details), status_code=status,
+                        headers=headers)
+
+
+def _row_index(loc: Any) -> int | None:
+    """The row a validation error's location points at: ('body', 'records', 3, ...) -> 3."""
+    parts = list(loc)
+    for a, b in zip(parts, parts[1:], strict=False):
+        if a in ("inputs", "records") and isinstance(b, int):
+            return b
+    return None
 
 
 def _loc_to_field(loc: Any) -> str | None:
@@ -72,7 +90,10 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
     msg = str(first.get("msg", "invalid value"))
     if len(errors) > 1:
         msg += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
-    return error_response(422, "validation_error", f"{field}: {msg}" if field else msg, field)
+    details = [{"index": _row_index(e.get("loc", ())), "field": _loc_to_field(e.get("loc", ())),
+                "reason": str(e.get("msg", "invalid value"))} for e in errors]
+    return error_response(422, "validation_error", f"{field}: {msg}" if field else msg, field,
+                          details=details)
 
 
 async def _http_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -92,7 +113,11 @@ def engine_status(exc: EngineError) -> int:
 
 async def _engine_handler(request: Request, exc: EngineError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
-    return error_response(engine_status(exc), exc.code, exc.message, exc.field, headers)
+    status = engine_status(exc)
+    details = exc.details
+    if status == 422 and not details:
+        details = [{"index": None, "field": exc.field, "reason": exc.message}]
+    return error_response(status, exc.code, exc.message, exc.field, headers, details)
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:

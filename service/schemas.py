@@ -8,7 +8,7 @@ Limits that come from settings (max n, max rows, max MCMC steps) are checked by 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
@@ -122,21 +122,27 @@ class AnomalyRequest(_Rows):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"model": "events", "records": [{"bytes": 950.0, "duration": 0.1, "protocol": "udp"}],
          "explain": True, "top_k": 3},
-        {"model": "toy", "inputs": [[0.0, 0.0]], "contamination": 0.01},
+        {"model": "toy", "inputs": [[0.0, 0.0]], "target_fpr": 0.001},
     ]})
 
     threshold: Annotated[float | None, Field(
-        None, strict=True, allow_inf_nan=False, description="flag scores >= this energy")] = None
-    contamination: Annotated[float | None, Field(
+        None, strict=True, allow_inf_nan=False,
+        description="flag scores >= this score instead of using p-values")] = None
+    target_fpr: Annotated[float | None, Field(
         None, strict=True, gt=0, lt=1,
-        description="share of normal data to flag (default: the bundle's)")] = None
+        description="target false-positive rate α: flag rows whose p-value <= α (default: "
+        "the bundle's calibration.target_fpr; at least 1/(n+1) for n calibration scores)")] = None
+    unknown_category: Annotated[Literal["zeros", "error"] | None, Field(
+        None, description="records: a category training never saw is scored with an all-zero "
+        "one-hot block and listed in `unseen` (zeros) or rejects the request (error); "
+        "default: the bundle's policy")] = None
     explain: StrictBool = Field(False, description="add the features with the largest |dE/dx|")
     top_k: Annotated[int, Field(strict=True, ge=1, le=1000)] = 5
 
     @model_validator(mode="after")
-    def _threshold_or_contamination(self) -> AnomalyRequest:
-        if self.threshold is not None and self.contamination is not None:
-            raise ValueError("give at most one of 'threshold' or 'contamination'")
+    def _threshold_or_target_fpr(self) -> AnomalyRequest:
+        if self.threshold is not None and self.target_fpr is not None:
+            raise ValueError("give at most one of 'threshold' or 'target_fpr'")
         return self
 
 
@@ -146,21 +152,34 @@ class Contribution(BaseModel):
 
 
 class AnomalyResult(BaseModel):
-    score: float = Field(description="the energy (higher = more anomalous)")
-    percentile: float = Field(description="rank among the calibration energies of normal data")
-    is_anomaly: bool
+    score: float = Field(description="the score named by the response's `score` (higher = "
+                         "more anomalous)")
+    p_value: float = Field(description="conformal p-value: (1 + #{calibration scores >= "
+                           "score}) / (n + 1); small = unusual among normal data")
+    percentile: float = Field(description="share (0-100) of calibration scores below the score")
+    is_anomaly: bool = Field(description="p_value <= target_fpr, or score >= an explicit "
+                             "threshold")
+    unseen: list[str] | None = Field(
+        None, description="records: features whose category training never saw (scored as an "
+        "all-zero one-hot block); absent when there are none")
     explanation: list[Contribution] | None = None
 
 
 class AnomalyResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"model": "events", "version": "b3ff9e93e474", "threshold": 0.8, "results": [
-            {"score": 3.2, "percentile": 100.0, "is_anomaly": True,
-             "explanation": [{"feature": "bytes", "gradient": 2.1}]}]}]})
+        {"model": "events", "version": "b3ff9e93e474", "score": "energy", "target_fpr": 0.01,
+         "threshold": 0.8, "results": [
+             {"score": 3.2, "p_value": 0.002, "percentile": 100.0, "is_anomaly": True,
+              "unseen": ["protocol"], "explanation": [{"feature": "bytes", "gradient": 2.1}]}]}]})
 
     model: str
     version: str
-    threshold: float
+    score: str = Field(description='which score the results hold: "energy"')
+    target_fpr: float | None = Field(
+        None, description="the α rows were flagged at (p_value <= α); absent when an explicit "
+        "threshold was given")
+    threshold: float = Field(description="the explicit threshold (flag score >= it), or, with "
+                             "target_fpr, the equivalent score: rows scoring above it are flagged")
     results: list[AnomalyResult]
 
 
@@ -185,10 +204,16 @@ class ModelList(BaseModel):
 
 
 class CalibrationSummary(BaseModel):
-    n: int
-    contamination: float
-    default_threshold: float
-    percentiles: dict[str, float] = Field(description='e.g. {"50": ..., "95": ...}')
+    score: str = Field(description='the calibrated score: "energy"')
+    n: int = Field(description="calibration scores (held-out normal rows, never trained on)")
+    source: str = Field(description="where the calibration rows came from")
+    target_fpr: float = Field(description="the default target false-positive rate α")
+    min_target_fpr: float = Field(description="1/(n+1): a smaller target can flag nothing")
+    default_threshold: float | None = Field(
+        description="the score equivalent to the default target: rows above it are flagged "
+        "(null: the default target is below min_target_fpr)")
+    percentiles: dict[str, float] = Field(description='calibration score percentiles, e.g. '
+                                          '{"50": ..., "99": ...}')
 
 
 class ModelDetail(ModelSummary):
@@ -196,6 +221,9 @@ class ModelDetail(ModelSummary):
     feature_names: list[str]
     input_features: list[dict[str, Any]] | None = Field(
         None, description="record features (name, kind, categories) when the model takes records")
+    unknown_category: str | None = Field(
+        None, description='records: "zeros" (unseen categories scored, listed in `unseen`) or '
+        '"error" (rejected); a request may override it')
     value_range: list[float] | None = None
     metrics: dict[str, Any]
     calibration: CalibrationSummary
@@ -213,10 +241,19 @@ class Readiness(BaseModel):
     models: list[str]
 
 
+class ErrorItem(BaseModel):
+    index: int | None = Field(None, description="the row (inputs/records index) at fault")
+    field: str | None = None
+    reason: str
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
     field: str | None = None
+    details: list[ErrorItem] | None = Field(
+        None, description="every problem of the request (422 validation errors and invalid "
+        "rows): code, message and field above describe the first")
 
 
 class ErrorBody(BaseModel):

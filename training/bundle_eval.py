@@ -19,7 +19,7 @@ def evaluate_bundle(bundle_dir: Path, seed: int = 12345) -> dict[str, Any]:
 
     manifest = B.read_manifest(bundle_dir)
     cfg = RecipeConfig.from_dict(manifest.config)
-    data = load_data(cfg.data)
+    data = load_data(cfg.data, cfg.calibrate)
     if data.dim != manifest.data.dim:
         raise B.BundleError(
             f"{bundle_dir}: bundle expects {manifest.data.dim} features, the data has {data.dim}"
@@ -37,5 +37,8 @@ def evaluate_bundle(bundle_dir: Path, seed: int = 12345) -> dict[str, Any]:
         z = np.random.default_rng(seed).standard_normal((n, manifest.latent_dim)).astype(np.float32)
         return gen.run(None, {"z": z})[0]
 
+    # The calibrated flags against the bundle's own calibration scores: what the service does.
+    cal = manifest.calibration
     return {"model": manifest.name, "version": manifest.version,
-            "metrics": evaluate(data, energy_np, sample_np)}
+            "metrics": evaluate(data, energy_np, sample_np, calibration_scores=cal.array,
+                                target_fpr=cal.target_fpr)}

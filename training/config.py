@@ -16,7 +16,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 
 @dataclass
 class DataConfig:
-    source: str = "toy"  # toy | digits | mnist | kddcup99 | tabular
+    source: str = "toy"  # toy | digits | mnist | kddcup99 | nids | tabular
     toy: str = "25gaussians"  # toy: which one
     n: int = 100_000  # toy: number of training points
     anomaly_digit: int = 9  # digits/mnist: held-out class (-1: none)
@@ -27,6 +27,9 @@ class DataConfig:
     categorical: list[str] = field(default_factory=list)  # tabular: declared categorical columns
     numeric: list[str] = field(default_factory=list)  # tabular: declared numeric columns
     drop: list[str] = field(default_factory=list)  # tabular: columns to ignore
+    # tabular, kddcup99, nids: a category value training never saw is scored with an
+    # all-zero one-hot block ("zeros") or rejects the record ("error")
+    unknown_category: str = "zeros"
 
 
 @dataclass
@@ -78,11 +81,30 @@ class TrainConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    """How a bundle's flags are calibrated (docs/bundle.md, Calibration): conformal
+    p-values against the scores of held-out rows of the training class."""
+
+    target_fpr: float = 0.05  # default target false-positive rate α: flag p-value <= α
+    fraction: float = 0.2  # share of the training class's training rows held out to calibrate
+    max_rows: int = 20_000  # at most this many calibration rows (a seeded subset); the rest train
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_fpr < 1.0:
+            raise ConfigError(f"calibrate.target_fpr must be in (0, 1), got {self.target_fpr}")
+        if not 0.0 < self.fraction < 1.0:
+            raise ConfigError(f"calibrate.fraction must be in (0, 1), got {self.fraction}")
+        if self.max_rows < 1:
+            raise ConfigError(f"calibrate.max_rows must be >= 1, got {self.max_rows}")
+
+
+@dataclass
 class RecipeConfig:
     name: str
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,7 +19,8 @@ from torch import nn
 from meg import bundle as B
 from meg.networks import bundle_state
 from meg.render import preview_png
-from training.data import Dataset
+from training.config import CalibrateConfig
+from training.data import Dataset, check_calibration_size
 from training.model import MEG
 
 ONNX_TOLERANCE = 1e-4
@@ -95,6 +96,30 @@ def export_bundle(
     return manifest
 
 
+def onnx_scores(energy_onnx: Path, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Energies (N,) of rows `x` through the exported ONNX energy: the network the service
+    runs, so that a row scored by the service ties exactly with its calibration score."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(energy_onnx), providers=["CPUExecutionProvider"])
+    name = B.ONNX_NAMES[B.ENERGY_ONNX][0]
+    out = [sess.run(None, {name: np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)})[0]
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).reshape(-1) if out else np.zeros(0, dtype=np.float32)
+
+
+def calibrate(energy_onnx: Path, dataset: Dataset, config: dict[str, Any]) -> B.Calibration:
+    """The bundle's calibration: ONNX energies of the dataset's calibration rows (`val`:
+    training-class rows training never saw, disjoint from the test rows) and the recipe's
+    default target false-positive rate (config calibrate.target_fpr)."""
+    target = float(config.get("calibrate", {}).get("target_fpr", CalibrateConfig.target_fpr))
+    check_calibration_size(len(dataset.val), target)
+    scores = onnx_scores(energy_onnx, dataset.val)
+    source = (f"{len(scores)} held-out {dataset.name} rows of the training class: never "
+              "trained on, disjoint from the test rows")
+    return B.Calibration.from_scores(scores, target, score="energy", source=source)
+
+
 def _write(meg: MEG, config: dict[str, Any], dataset: Dataset, metrics: dict[str, Any],
            d: Path, name: str, seed: int) -> B.Manifest:
     gen = copy.deepcopy(meg.generator).cpu().eval()
@@ -114,8 +139,8 @@ def _write(meg: MEG, config: dict[str, Any], dataset: Dataset, metrics: dict[str
         onnx_error[fname] = check_onnx(module, d / fname, in_dim, B.ONNX_NAMES[fname][0], seed)
     _export_weights(meg, d / B.WEIGHTS)
 
+    calibration = calibrate(d / B.ENERGY_ONNX, dataset, config)
     with torch.no_grad():
-        val_energy = energy(torch.as_tensor(dataset.val, dtype=torch.float32)).numpy()
         z = torch.randn(256, latent_dim, generator=torch.Generator().manual_seed(seed))
         samples = gen(z).numpy()
 
@@ -137,7 +162,7 @@ def _write(meg: MEG, config: dict[str, Any], dataset: Dataset, metrics: dict[str
         preprocessing=dataset.preprocessing,
         config=config,
         metrics={**metrics, "onnx_max_abs_error": max(onnx_error.values())},
-        calibration=B.Calibration.from_scores(val_energy, dataset.contamination),
+        calibration=calibration,
         files=files,
     )
     # Signed when the operator's key is set (MEG_BUNDLE_KEY): a server holding the same

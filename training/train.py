@@ -32,8 +32,8 @@ from meg.mala import sample_latent
 from meg.render import preview_png
 from meg.threads import auto_threads
 from training import losses
-from training.config import DataConfig, RecipeConfig, TrainConfig
-from training.data import Dataset
+from training.config import CalibrateConfig, DataConfig, RecipeConfig, TrainConfig
+from training.data import Dataset, check_calibration_size
 from training.data.toys import toy_metrics
 from training.evaluate import batched, evaluate
 from training.export import export_bundle
@@ -67,8 +67,13 @@ class TrainResult:
 # --------------------------------------------------------------------------- data
 
 
-def load_data(cfg: DataConfig) -> Dataset:
-    """The dataset a recipe's [data] section names."""
+def load_data(cfg: DataConfig, calibrate: CalibrateConfig | None = None) -> Dataset:
+    """The dataset a recipe's [data] section names; `calibrate` sizes the calibration rows
+    held out of its training rows (default: CalibrateConfig's)."""
+    from training.data import CalibrationSplit
+
+    cc = calibrate if calibrate is not None else CalibrateConfig()
+    cal = CalibrationSplit(fraction=cc.fraction, max_rows=cc.max_rows)
     if cfg.source == "toy":
         from training.data.toys import load_toy
 
@@ -77,15 +82,17 @@ def load_data(cfg: DataConfig) -> Dataset:
         from training.data.digits import load_digits_dataset
 
         return load_digits_dataset(anomaly_digit=None if cfg.anomaly_digit < 0 else cfg.anomaly_digit,
-                                   seed=cfg.split_seed)
+                                   seed=cfg.split_seed, calibration=cal)
     if cfg.source == "mnist":
         from training.data.mnist import load_mnist_dataset
 
-        return load_mnist_dataset(anomaly_digit=cfg.anomaly_digit, seed=cfg.split_seed)
-    if cfg.source == "kddcup99":
+        return load_mnist_dataset(anomaly_digit=cfg.anomaly_digit, seed=cfg.split_seed,
+                                  calibration=cal)
+    if cfg.source in ("kddcup99", "nids"):
         from training.data.kdd import load_kdd
 
-        return load_kdd(seed=cfg.split_seed)
+        return load_kdd(seed=cfg.split_seed, protocol="paper" if cfg.source == "kddcup99" else "nids",
+                        calibration=cal, unknown_category=cfg.unknown_category)
     if cfg.source == "tabular":
         from training.data.tabular import load_tabular
 
@@ -94,9 +101,11 @@ def load_data(cfg: DataConfig) -> Dataset:
         return load_tabular(
             cfg.path, label=cfg.label or None, normal_values=cfg.normal_values or None,
             categorical=cfg.categorical or None, numeric=cfg.numeric or None,
-            drop=cfg.drop or None, seed=cfg.split_seed,
+            drop=cfg.drop or None, seed=cfg.split_seed, calibration=cal,
+            unknown_category=cfg.unknown_category,
         )
-    raise ValueError(f"unknown data.source {cfg.source!r} (toy, digits, mnist, kddcup99, tabular)")
+    raise ValueError(
+        f"unknown data.source {cfg.source!r} (toy, digits, mnist, kddcup99, nids, tabular)")
 
 
 # --------------------------------------------------------------------------- distributed
@@ -352,7 +361,8 @@ def train(
     torch.manual_seed(tc.seed + dd.rank)
     rng = torch.Generator(device=device).manual_seed(tc.seed * 1000 + dd.rank)
 
-    data = dataset if dataset is not None else load_data(cfg.data)
+    data = dataset if dataset is not None else load_data(cfg.data, cfg.calibrate)
+    check_calibration_size(len(data.val), cfg.calibrate.target_fpr)  # before training, not after
     cfg.model.data_dim = data.dim
     cfg.model.data_shape = list(data.spec.shape)
     x_all = torch.as_tensor(data.train, dtype=torch.float32, device=device)  # (N, D)

@@ -91,6 +91,15 @@ def _gradients(model: LoadedModel, x: np.ndarray, stop_at: float) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, model.data_dim), dtype=np.float32)
 
 
+def _row_problems(code: str, problems: list[tuple[int, str, str]]) -> InvalidInput:
+    """One InvalidInput for every (row index, field, reason): the first in code/message/
+    field, all of them in details."""
+    index, field, reason = problems[0]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return InvalidInput(code, reason + more, field, details=[
+        {"index": i, "field": f, "reason": r} for i, f, r in problems])
+
+
 class Engine:
     """Everything an operation needs; one per server process."""
 
@@ -174,10 +183,13 @@ class Engine:
         return model
 
     def rows(self, model: LoadedModel, inputs: list[list[float]] | np.ndarray | None = None,
-             records: list[dict[str, Any]] | None = None) -> Rows:
+             records: list[dict[str, Any]] | None = None,
+             unknown_category: str | None = None) -> Rows:
         """Request rows in model space, checked: row count, widths, float32 range. Give
         exactly one of `inputs` (model-space rows) or `records` (through the bundle's
-        preprocessing)."""
+        preprocessing; `unknown_category` "zeros" | "error" overrides the bundle's policy
+        for categories training never saw). A bad request lists every bad row and value
+        (InvalidInput.details), not only the first."""
         n = len(inputs) if inputs is not None else len(records or [])
         field = "inputs" if inputs is not None else "records"
         if n > self.settings.max_rows:
@@ -189,25 +201,31 @@ class Engine:
                 raise InvalidInput("records_not_supported", f"model {model.name!r} has no "
                                    "preprocessing; send model-space 'inputs' instead", "records")
             try:
-                x = pre.transform_records(records)
+                enc = pre.encode_records(records, unknown_category)
             except RecordError as e:
-                raise InvalidInput("invalid_record", str(e), e.field) from None
-            if x.shape[1] != model.data_dim:  # a bundle inconsistency, not the client's fault
-                raise RuntimeError(f"{model.name}: preprocessing gives {x.shape[1]} columns, "
+                details = [{"index": p.index, "field": p.field, "reason": p.reason}
+                           for p in e.problems]
+                raise InvalidInput("invalid_record", str(e), e.field, details=details) from None
+            if enc.x.shape[1] != model.data_dim:  # a bundle inconsistency, not the client's fault
+                raise RuntimeError(f"{model.name}: preprocessing gives {enc.x.shape[1]} columns, "
                                    f"model expects {model.data_dim}")
-            return Rows(x, from_records=True)
+            return Rows(enc.x, from_records=True, unseen=enc.unseen)
         assert inputs is not None
         dim = model.data_dim
-        for i, row in enumerate(inputs):
-            if len(row) != dim:
-                raise InvalidInput("wrong_dimension", f"inputs[{i}] has {len(row)} values; "
-                                   f"model {model.name!r} expects {dim}", f"inputs[{i}]")
-        x64 = np.asarray(inputs, dtype=np.float64)
-        big = np.abs(x64) > _F32_MAX  # finite as float64, infinite as float32
+        wrong = [(i, f"inputs[{i}]", f"inputs[{i}] has {len(row)} values; model "
+                  f"{model.name!r} expects {dim}") for i, row in enumerate(inputs) if len(row) != dim]
+        if wrong:
+            raise _row_problems("wrong_dimension", wrong)
+        try:
+            x64 = np.asarray(inputs, dtype=np.float64)
+        except OverflowError:  # an integer beyond float64 (JSON integers are unbounded)
+            raise InvalidInput("out_of_range", "inputs hold a number beyond the float range",
+                               "inputs") from None
+        big = ~(np.abs(x64) <= _F32_MAX)  # beyond float32 (or not finite)
         if big.any():
-            i, j = (int(v) for v in np.argwhere(big)[0])
-            raise InvalidInput("out_of_range", f"inputs[{i}][{j}] exceeds the float32 range",
-                               f"inputs[{i}][{j}]")
+            raise _row_problems("out_of_range", [
+                (int(i), f"inputs[{i}][{j}]", f"inputs[{i}][{j}] exceeds the float32 range")
+                for i, j in np.argwhere(big)])
         return Rows(x64.astype(np.float32))
 
     # ------------------------------------------------------------------ running work
@@ -348,16 +366,32 @@ class Engine:
         return Latents(model.name, model.version, z)
 
     async def anomaly(self, model: LoadedModel, rows: Rows, threshold: float | None = None,
-                      contamination: float | None = None, explain: bool = False,
+                      target_fpr: float | None = None, explain: bool = False,
                       top_k: int = 5) -> Anomalies:
-        """Scores, percentiles and flags (meg/scoring.py decides the threshold);
-        optional explanations from the torch gradient of the energy."""
+        """Scores, conformal p-values against the bundle's calibration scores, percentiles
+        and flags: p <= target_fpr (default the bundle's), or score >= an explicit
+        `threshold` (meg/scoring.py holds both rules); optional explanations from the torch
+        gradient of the energy."""
         deadline = self.deadline()
         cal = model.manifest.calibration
+        if threshold is not None and target_fpr is not None:
+            raise InvalidInput("threshold_and_target_fpr",
+                               "give at most one of 'threshold' or 'target_fpr'", "target_fpr")
+        alpha = None
         if threshold is None:
-            threshold = scoring.threshold_from_calibration(cal, contamination)
+            alpha = cal.target_fpr if target_fpr is None else float(target_fpr)
+            boundary = scoring.score_threshold(cal.array, alpha) if 0.0 < alpha < 1.0 else None
+            if boundary is None:
+                raise InvalidInput(
+                    "target_fpr_out_of_range", f"target_fpr {alpha:g}: model {model.name!r} "
+                    f"has {cal.n} calibration scores, so the target must lie in "
+                    f"[{scoring.min_alpha(cal.n):.3g}, 1) for any row to be flaggable",
+                    "target_fpr")
+            threshold = boundary
         scores = _finite(await self.infer(model, "energy", rows.x, deadline), "energy")
-        flags = scoring.flag(scores, threshold)
+        p_values = scoring.conformal_pvalues(cal.array, scores)
+        flags = (scoring.flag(scores, threshold) if alpha is None
+                 else scoring.flag_by_pvalue(p_values, alpha))
         explanations = None
         if explain:
             async with self.admission["explain"].slot(deadline):
@@ -373,7 +407,9 @@ class Engine:
         self.metrics.anomaly_scored.labels(model=model.name).inc(len(rows.x))
         self.metrics.anomalies_flagged.labels(model=model.name).inc(int(flags.sum()))
         return Anomalies(model.name, model.version, float(threshold), scores,
-                         scoring.percentile_rank(cal, scores), flags, explanations)
+                         scoring.percentile_rank(cal.array, scores), flags, explanations,
+                         p_values=p_values, target_fpr=alpha, score_name=cal.score,
+                         unseen=rows.unseen)
 
     async def preview(self, model: LoadedModel, n: int, steps: int, seed: int | None) -> bytes:
         """A PNG of `n` samples: image grid, 2-D scatter over energy, or energy histogram."""

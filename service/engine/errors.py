@@ -3,6 +3,8 @@ its protocol in one place (HTTP: service/errors.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EngineError(Exception):
     """Base: a stable machine `code`, a message for people, the request `field` at fault
@@ -10,12 +12,15 @@ class EngineError(Exception):
     seconds to wait before retrying."""
 
     def __init__(self, code: str, message: str, field: str | None = None,
-                 retry_after_s: int | None = None):
+                 retry_after_s: int | None = None, details: list[dict[str, Any]] | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
         self.retry_after_s = retry_after_s
+        # every problem of a request that has several ({"index", "field", "reason"}); the
+        # code/message/field above describe the first
+        self.details = details
 
 
 class InvalidInput(EngineError):

@@ -25,6 +25,9 @@ class Rows:
 
     x: np.ndarray
     from_records: bool = False
+    # records: per row, the categorical features whose value training never saw (scored
+    # as an all-zero one-hot block); None for model-space inputs
+    unseen: list[list[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,18 @@ class Contribution:
 
 @dataclass(frozen=True)
 class Anomalies:
+    """Flags by an explicit threshold (score >= threshold; target_fpr None) or, by
+    default, by conformal p-value <= target_fpr; then `threshold` is the equivalent score
+    boundary (rows scoring above it are flagged)."""
+
     model: str
     version: str
     threshold: float
-    scores: np.ndarray  # (N,) energies
-    percentiles: np.ndarray  # (N,) rank among the calibration scores, 0-100
+    scores: np.ndarray  # (N,) the score named by score_name
+    percentiles: np.ndarray  # (N,) share of calibration scores below each score, 0-100
     flags: np.ndarray  # (N,) bool
     explanations: list[list[Contribution]] | None = None
+    p_values: np.ndarray | None = None  # (N,) conformal p-values against the calibration
+    target_fpr: float | None = None  # the α flags were raised at (None: explicit threshold)
+    score_name: str = "energy"
+    unseen: list[list[str]] | None = None  # records: per row, features with unseen categories

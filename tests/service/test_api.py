@@ -39,7 +39,7 @@ def test_models_list_and_detail(client: TestClient) -> None:
     assert d["feature_names"] == ["bytes", "duration", "protocol=icmp", "protocol=tcp", "protocol=udp"]
     assert [f["name"] for f in d["input_features"]] == ["bytes", "duration", "protocol"]
     cal = d["calibration"]
-    assert cal["n"] > 0 and 0 < cal["contamination"] < 1
+    assert cal["n"] > 0 and 0 < cal["target_fpr"] < 1 and cal["score"] == "energy"
     assert cal["percentiles"]["50"] <= cal["percentiles"]["99"]
     assert d["recipe"] == "tabular" and d["version"] == by_name["events"]["version"]
     assert client.get("/models/nope").status_code == 404
@@ -131,16 +131,18 @@ def test_anomaly_flags_and_thresholds(client: TestClient) -> None:
     d = client.get("/models/events").json()
     body = client.post("/anomaly", json={"model": "events", "records": [EVENT, ODD_EVENT]}).json()
     assert body["threshold"] == pytest.approx(d["calibration"]["default_threshold"])
+    assert body["target_fpr"] == d["calibration"]["target_fpr"] and body["score"] == "energy"
     for res in body["results"]:
-        assert res["is_anomaly"] == (res["score"] >= body["threshold"])
+        assert res["is_anomaly"] == (res["p_value"] <= body["target_fpr"])
         assert 0.0 <= res["percentile"] <= 100.0
-        assert "explanation" not in res
+        assert "explanation" not in res and "unseen" not in res
     assert body["results"][1]["is_anomaly"]  # 950 bytes: far outside the training data
-    # An explicit threshold is used as given; a contamination moves it.
+    # An explicit threshold is used as given (score >= threshold); a target rate moves the
+    # equivalent threshold.
     t = client.post("/anomaly", json={"model": "events", "records": [EVENT], "threshold": 1e9}).json()
-    assert t["threshold"] == 1e9 and not t["results"][0]["is_anomaly"]
-    lo = client.post("/anomaly", json={"model": "events", "records": [EVENT], "contamination": 0.5})
-    hi = client.post("/anomaly", json={"model": "events", "records": [EVENT], "contamination": 0.01})
+    assert t["threshold"] == 1e9 and not t["results"][0]["is_anomaly"] and "target_fpr" not in t
+    lo = client.post("/anomaly", json={"model": "events", "records": [EVENT], "target_fpr": 0.5})
+    hi = client.post("/anomaly", json={"model": "events", "records": [EVENT], "target_fpr": 0.05})
     assert lo.json()["threshold"] <= hi.json()["threshold"]
 
 

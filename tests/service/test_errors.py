@@ -60,8 +60,12 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str | None]] = [
      "records[0].x"),
     ("missing-feature", "POST", "/energy", {"model": "events", "records": [{"bytes": 1.0,
      "protocol": "tcp"}]}, {}, 422, "records[0].duration"),
-    ("unknown-category", "POST", "/anomaly", {"model": "events", "records": [{**EV,
-     "protocol": "sctp"}]}, {}, 422, "records[0].protocol"),
+    ("unknown-category-strict", "POST", "/anomaly", {"model": "events", "records": [{**EV,
+     "protocol": "sctp"}], "unknown_category": "error"}, {}, 422, "records[0].protocol"),
+    ("record-int-beyond-float", "POST", "/anomaly", {"model": "events", "records": [{**EV,
+     "bytes": 10**400}]}, {}, 422, "records[0].bytes"),
+    ("input-int-beyond-float", "POST", "/energy", {**TOY, "inputs": [[10**400, 0]]}, {}, 422,
+     None),
     ("record-string-number", "POST", "/encode", {"model": "events", "records": [{**EV,
      "bytes": "12"}]}, {}, 422, "records[0].bytes"),
     ("record-not-object", "POST", "/energy", {"model": "events", "records": [1]}, {}, 422,
@@ -84,10 +88,12 @@ CASES: list[tuple[str, str, str, Any, dict[str, str], int, str | None]] = [
      "mcmc.temperature"),
     ("records-flag-no-preprocessing", "POST", "/sample", {**TOY, "n": 1, "return_records": True},
      {}, 422, "return_records"),
-    ("threshold-and-contamination", "POST", "/anomaly", {**TOY, "inputs": [[0, 0]],
-     "threshold": 1.0, "contamination": 0.1}, {}, 422, None),
-    ("contamination-out-of-range", "POST", "/anomaly", {**TOY, "inputs": [[0, 0]],
-     "contamination": 1.5}, {}, 422, "contamination"),
+    ("threshold-and-target-fpr", "POST", "/anomaly", {**TOY, "inputs": [[0, 0]],
+     "threshold": 1.0, "target_fpr": 0.1}, {}, 422, None),
+    ("target-fpr-out-of-range", "POST", "/anomaly", {**TOY, "inputs": [[0, 0]],
+     "target_fpr": 1.5}, {}, 422, "target_fpr"),
+    ("contamination-is-gone", "POST", "/anomaly", {**TOY, "inputs": [[0, 0]],
+     "contamination": 0.1}, {}, 422, "contamination"),
     ("threshold-nan", "POST", "/anomaly", b'{"model": "toy", "inputs": [[0, 0]], "threshold": NaN}',
      JSON, 422, "threshold"),
     ("top-k-zero", "POST", "/anomaly", {**TOY, "inputs": [[0, 0]], "explain": True, "top_k": 0},
@@ -115,8 +121,12 @@ def test_bad_input(client: TestClient, case: tuple) -> None:
     r = client.request(method, path, **kwargs)
     assert r.status_code == status, r.text
     err = r.json()["error"]
-    assert set(err) == {"code", "message", "field"}
+    # a 422 lists every problem in details (at least one); other statuses do not
+    assert set(err) == {"code", "message", "field"} | ({"details"} if status == 422 else set())
     assert err["code"] and err["message"]
+    if status == 422:
+        assert err["details"] and all(set(d) == {"index", "field", "reason"}
+                                      for d in err["details"])
     if field is not None:
         assert err["field"] == field, err
 

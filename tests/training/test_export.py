@@ -78,7 +78,7 @@ def test_manifest_contents(bundles):
     assert m.version == B.content_version(m.files, m.config)
     assert m.metrics["onnx_max_abs_error"] <= 1e-4
     assert m.data.feature_names == m.preprocessing.column_names()
-    assert m.calibration.n > 0 and m.calibration.values == sorted(m.calibration.values)
+    assert m.calibration.n > 0 and m.calibration.scores == sorted(m.calibration.scores)
     assert m.config["data"]["source"] == "tabular"
     rows = m.preprocessing.transform_records([{"bytes": 100.0, "duration": 1.5, "protocol": "udp"}])
     assert rows.shape == (1, m.data.dim) and rows[0, -1] == 1.0
@@ -117,15 +117,36 @@ def test_missing_file_and_bad_schema_are_named(bundles, tmp_path):
         B.read_manifest(tmp_path)
 
 
-def test_calibration_and_threshold_agree():
-    from meg.scoring import percentile_rank, threshold_from_calibration, threshold_from_scores
+def test_calibration_set_round_trip(bundles, tmp_path):
+    """The bundle keeps every calibration score: the ONNX energies of the dataset's
+    held-out training-class rows, sorted, exactly; the JSON trip loses nothing; a
+    manifest without scores (or unsorted ones) is refused by name."""
+    import onnxruntime as ort
 
-    scores = np.random.default_rng(0).normal(size=10_000)
-    cal = B.Calibration.from_scores(scores, contamination=0.1)
-    assert threshold_from_calibration(cal) == pytest.approx(threshold_from_scores(scores, 0.1), abs=0.02)
-    assert percentile_rank(cal, np.array([0.0]))[0] == pytest.approx(50.0, abs=1.0)
-    with pytest.raises(ValueError):
-        threshold_from_scores(scores, 1.5)
+    from training.config import RecipeConfig
+    from training.train import load_data
+
+    d = bundles / "events"
+    m = B.read_manifest(d)
+    cfg = RecipeConfig.from_dict(m.config)
+    data = load_data(cfg.data, cfg.calibrate)
+    sess = ort.InferenceSession(str(d / B.ENERGY_ONNX), providers=["CPUExecutionProvider"])
+    want = np.sort(sess.run(None, {"x": data.val})[0]).astype(np.float64)
+    assert m.calibration.n == len(data.val) > 0
+    np.testing.assert_array_equal(m.calibration.array, want)
+    assert m.calibration.target_fpr == cfg.calibrate.target_fpr and m.calibration.score == "energy"
+    again = B.Calibration.from_json(json.loads(json.dumps(m.calibration.to_json())))
+    assert again == m.calibration
+
+    raw = json.loads((d / B.MANIFEST).read_text())
+    for bad, match in (({"percentiles": [0, 100], "values": [0, 1], "n": 2,
+                         "contamination": 0.1}, "export it again"),
+                       ({**raw["calibration"], "scores": [2.0, 1.0]}, "sorted"),
+                       ({**raw["calibration"], "target_fpr": 0.0}, "target_fpr")):
+        c = _copy(d, tmp_path / f"c{len(list(tmp_path.iterdir()))}")
+        (c / B.MANIFEST).write_text(json.dumps({**raw, "calibration": bad}))
+        with pytest.raises(B.BundleError, match=match):
+            B.read_manifest(c, verify=False)
 
 
 def test_export_replaces_a_bundle_atomically(bundles, tmp_path):

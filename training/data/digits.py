@@ -3,7 +3,8 @@ held-out-digit anomaly protocol that MNIST uses too.
 
 Held-out digit d: rows of digit d are the anomalies (label 1). The other digits are
 split 80/20 with a fixed seed into train and test-normal; test = test-normal + every
-row of digit d; val = the test-normal rows (held-out normal data for calibration).
+row of digit d. A share of the training rows (`CalibrationSplit`, default 20%) is then
+held out as `val`, the calibration rows: never trained on, disjoint from the test rows.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from meg.bundle import DataSpec
-from training.data import Dataset
+from training.data import CalibrationSplit, Dataset, hold_out
 
 NO_TEST_CONTAMINATION = 0.05
 
@@ -28,23 +29,22 @@ def held_out_split(
     anomaly_digit: int | None,
     seed: int,
     train_fraction: float = 0.8,
-    no_test_train_fraction: float = 0.9,
+    calibration: CalibrationSplit = CalibrationSplit(),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, float, dict[str, Any]]:
     """Split rows `x` with class labels `digits` by the held-out-digit protocol.
 
-    Returns (train, val, test_x, test_y, contamination, info). With `anomaly_digit`
-    None or -1 there are no anomalies: `no_test_train_fraction` of all rows train, the
-    rest are val, and there is no test set. Test rows come normal first, then anomalies;
-    `val` is a copy of the test-normal rows."""
+    Returns (train, val, test_x, test_y, contamination, info). `val` holds the
+    calibration rows, held out of the normal training rows by `calibration` (disjoint
+    from train and test). With `anomaly_digit` None or -1 there are no anomalies and no
+    test set: every row is train or val. Test rows come normal first, then anomalies."""
     if anomaly_digit == -1:
         anomaly_digit = None
     if anomaly_digit is not None and anomaly_digit not in range(10):
         raise ValueError(f"anomaly_digit must be 0..9, -1 or None, got {anomaly_digit!r}")
     rng = np.random.default_rng(seed)
     if anomaly_digit is None:
-        order = rng.permutation(len(x))
-        n_train = int(round(no_test_train_fraction * len(x)))
-        train, val = x[order[:n_train]], x[order[n_train:]]
+        rows = hold_out(rng.permutation(len(x)), calibration, seed)
+        train, val = x[rows.train], x[rows.calibration]
         info = _split_info(None, seed, train=len(train), val=len(val), test=0, test_anomalies=0)
         return train, val, None, None, NO_TEST_CONTAMINATION, info
     is_anomaly = digits == anomaly_digit
@@ -52,10 +52,11 @@ def held_out_split(
     normal_idx = normal_idx[rng.permutation(len(normal_idx))]
     n_train = int(round(train_fraction * len(normal_idx)))
     train_idx, test_normal_idx = normal_idx[:n_train], normal_idx[n_train:]
+    rows = hold_out(train_idx, calibration, seed)
     anomaly_idx = np.flatnonzero(is_anomaly)
-    train = x[train_idx]
-    val = x[test_normal_idx]
-    test_x = np.concatenate([val, x[anomaly_idx]])
+    train = x[rows.train]
+    val = x[rows.calibration]
+    test_x = np.concatenate([x[test_normal_idx], x[anomaly_idx]])
     test_y = np.concatenate(
         [np.zeros(len(test_normal_idx), np.int64), np.ones(len(anomaly_idx), np.int64)]
     )
@@ -78,11 +79,12 @@ def image_dataset(
     side: int,
     anomaly_digit: int | None,
     seed: int,
+    calibration: CalibrationSplit = CalibrationSplit(),
 ) -> Dataset:
     """Flat [-1, 1] float32 `pixels` (N, side*side) with class labels as a held-out-digit
     image Dataset of shape [1, side, side]."""
     train, val, test_x, test_y, contamination, info = held_out_split(
-        pixels, digits, anomaly_digit, seed
+        pixels, digits, anomaly_digit, seed, calibration=calibration
     )
     info["rows"] = int(len(pixels))
     spec = DataSpec(
@@ -104,12 +106,13 @@ def image_dataset(
     )
 
 
-def load_digits_dataset(anomaly_digit: int | None = 9, seed: int = 0) -> Dataset:
+def load_digits_dataset(anomaly_digit: int | None = 9, seed: int = 0,
+                        calibration: CalibrationSplit = CalibrationSplit()) -> Dataset:
     """sklearn's 8x8 digits, pixels 0..16 scaled to [-1, 1], shape [1, 8, 8], split by
-    the held-out-digit protocol (`anomaly_digit` None or -1: 90/10 train/val, no test)."""
+    the held-out-digit protocol (`anomaly_digit` None or -1: train/val only, no test)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     pixels = (np.asarray(bunch.data, dtype=np.float32) / 8.0 - 1.0).astype(np.float32)
     digits = np.asarray(bunch.target, dtype=np.int64)
-    return image_dataset("digits", pixels, digits, 8, anomaly_digit, seed)
+    return image_dataset("digits", pixels, digits, 8, anomaly_digit, seed, calibration)

@@ -1,16 +1,28 @@
-"""KDD Cup 1999 (the 10% file) with the MEG paper's anomaly-detection protocol.
+"""KDD Cup 1999 (the 10% file) under two protocols.
+
+``paper`` (recipe ``kddcup99``), the MEG paper's anomaly-detection protocol:
 
 - Labels: ``normal.`` = 1 (the anomaly class, the minority after the split), every
-  attack = 0.
+  attack = 0. Unusual for intrusion detection: the model learns attack traffic and
+  flags ordinary traffic. Kept to reproduce the paper.
 - Split: pandas ``sample(frac=0.5, random_state=seed)`` (seed 42 in the paper) is the
   training half, the other rows the test half. Training uses the label-0 rows only.
 - Test: every label-0 test row plus label-1 test rows up to 20% of the test set (a
   seeded random subset when there are more; with seed 42 all of them fit: ~247k rows,
   ~19.7% label 1). Test rows come label 0 first, then label 1.
-- Features: 7 categorical columns one-hot encoded over vocabularies from the whole file
-  (strings via `category_key`, sorted), 34 numeric columns min-max scaled with the
-  training rows' min and max (constant columns map to 0): 121 model columns. The
-  paper's code fits a scaler but never uses its output; we do scale (REFERENCE.md).
+
+``nids`` (recipe ``nids``), intrusion detection: ``normal.`` = 0 is the training class
+and every attack = 1 is an anomaly. Same split of the file; training uses the normal
+rows of the training half; test = the normal rows of the test half plus every attack
+row of the test half (no cap: ~48.6k normal, ~198k attacks, every attack type kept).
+
+Both: a share of the label-0 training rows (`CalibrationSplit`) is held out as the
+calibration rows (`val`): never trained on, disjoint from the test half.
+
+Features: 7 categorical columns one-hot encoded over vocabularies from the whole file
+(strings via `category_key`, sorted), 34 numeric columns min-max scaled with the
+training rows' min and max (constant columns map to 0): 121 model columns. The paper's
+code fits a scaler but never uses its output; we do scale (REFERENCE.md).
 
 The returned `Preprocessing` turns JSON records into exactly the model rows built
 here, so the service scores raw connection records the way the model was trained.
@@ -20,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +40,7 @@ import pandas as pd
 
 from meg.bundle import DataSpec
 from meg.preprocessing import Feature, Preprocessing
-from training.data import Dataset
+from training.data import CalibrationSplit, Dataset, hold_out
 from training.data.files import require_file
 from training.data.tabular import category_codes
 
@@ -86,7 +99,9 @@ CATEGORICAL = (
     "is_host_login",
     "is_guest_login",
 )
-ANOMALY_LABEL = "normal."
+ANOMALY_LABEL = "normal."  # the paper protocol's anomaly class
+NORMAL_LABEL = "normal."  # the nids protocol's training class
+PROTOCOLS = ("paper", "nids")
 TEST_ANOMALY_SHARE = 0.2
 CONTAMINATION = 0.2
 
@@ -136,79 +151,107 @@ def cap_anomalies(anomalies: np.ndarray, n_normal: int, share: float, seed: int)
     return anomalies[np.sort(keep)]
 
 
-def split_rows(df: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Row positions of the protocol's split: (training half, its label-0 training rows,
-    label-0 test rows, label-1 test rows after the 20% cap)."""
-    y = (df["label"] == ANOMALY_LABEL).to_numpy()
+@dataclass(frozen=True)
+class KddSplit:
+    """Row positions (into the file) of one protocol's split."""
+
+    train_half: np.ndarray  # the sampled training half, every label
+    train: np.ndarray  # label-0 rows of the training half that train
+    calibration: np.ndarray  # label-0 rows of the training half held out to calibrate
+    test_normal: np.ndarray  # label-0 rows of the test half, file order
+    test_anomalies: np.ndarray  # label-1 rows of the test half (paper: after the 20% cap)
+
+
+def anomaly_mask(df: pd.DataFrame, protocol: str) -> np.ndarray:
+    """Label 1 (the anomaly class) per row: ``normal.`` for the paper, attacks for nids."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"KDD protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+    is_normal = (df["label"] == NORMAL_LABEL).to_numpy()
+    return is_normal if protocol == "paper" else ~is_normal
+
+
+def split_rows(df: pd.DataFrame, seed: int, protocol: str = "paper",
+               calibration: CalibrationSplit = CalibrationSplit()) -> KddSplit:
+    """Row positions of the protocol's split (module docstring)."""
+    y = anomaly_mask(df, protocol)
     # Series.sample draws the same positions as the paper's df.sample (it depends only on
     # the length and the seed) without copying all 42 columns.
     train_half = df.index.to_series().sample(frac=0.5, random_state=seed).to_numpy()
     in_train = np.zeros(len(df), dtype=bool)
     in_train[train_half] = True
-    train_rows = train_half[~y[train_half]]
+    held = hold_out(train_half[~y[train_half]], calibration, seed)
     test_normal = np.flatnonzero(~in_train & ~y)  # file order, as df.loc[~isin] gives
     test_anom = np.flatnonzero(~in_train & y)
-    test_anom = cap_anomalies(test_anom, len(test_normal), TEST_ANOMALY_SHARE, seed)
-    return train_half, train_rows, test_normal, test_anom
+    if protocol == "paper":
+        test_anom = cap_anomalies(test_anom, len(test_normal), TEST_ANOMALY_SHARE, seed)
+    return KddSplit(train_half, held.train, held.calibration, test_normal, test_anom)
 
 
-def row_labels(seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
-    """The file's own labels (``smurf.``, ``normal.``, ...) of `load_kdd(seed)`'s training
-    rows and test rows, in the same order: for per-attack-type breakdowns."""
+def row_labels(seed: int = 42, protocol: str = "paper",
+               calibration: CalibrationSplit = CalibrationSplit()) -> tuple[np.ndarray, np.ndarray]:
+    """The file's own labels (``smurf.``, ``normal.``, ...) of `load_kdd(seed, protocol)`'s
+    training rows and test rows, in the same order: for per-attack-type breakdowns."""
     df = _read_kdd(str(require_file(KDD_FILE)))
-    _, train_rows, test_normal, test_anom = split_rows(df, seed)
+    split = split_rows(df, seed, protocol, calibration)
     labels = df["label"].to_numpy()
-    return labels[train_rows], labels[np.concatenate([test_normal, test_anom])]
+    return labels[split.train], labels[np.concatenate([split.test_normal, split.test_anomalies])]
 
 
-def load_kdd(seed: int = 42) -> Dataset:
-    """KDD Cup 99 (10%) as a Dataset by the paper's protocol (module docstring):
-    121 model columns, train = label-0 rows of the sampled half, val = the label-0
-    test rows, test = those plus label-1 test rows up to 20% of the test set."""
+def load_kdd(seed: int = 42, protocol: str = "paper",
+             calibration: CalibrationSplit = CalibrationSplit(),
+             unknown_category: str = "zeros") -> Dataset:
+    """KDD Cup 99 (10%) as a Dataset by `protocol` ("paper" or "nids"; module
+    docstring): 121 model columns, train = label-0 rows of the sampled half less the
+    calibration rows (`val`), test = label-0 test-half rows then label-1 test-half rows.
+    `unknown_category`: the bundle's policy for categories the file never held."""
     t0 = time.perf_counter()
     path = str(require_file(KDD_FILE))
     df = _read_kdd(path)
     codes = _category_codes(path)
-    train_half, train_rows, test_normal, test_anom = split_rows(df, seed)
-    n_label1 = (df["label"] == ANOMALY_LABEL).sum()
+    split = split_rows(df, seed, protocol, calibration)
+    n_label1 = int(anomaly_mask(df, protocol).sum())
 
     features = []
     for name in FEATURES:
         if name in CATEGORICAL:
             features.append(Feature(name, "categorical", categories=list(codes[name][0])))
         else:
-            offset, scale = _min_max(df[name].to_numpy(dtype=np.float64)[train_rows])
+            offset, scale = _min_max(df[name].to_numpy(dtype=np.float64)[split.train])
             features.append(Feature(name, "numeric", offset=offset, scale=scale))
-    pre = Preprocessing(features=features, unknown_category="error")
+    pre = Preprocessing(features=features, unknown_category=unknown_category)
 
-    train = encode_rows(df, train_rows, pre, codes)
-    val = encode_rows(df, test_normal, pre, codes)
-    test_x = np.concatenate([val, encode_rows(df, test_anom, pre, codes)])
-    test_y = np.concatenate(
-        [np.zeros(len(test_normal), np.int64), np.ones(len(test_anom), np.int64)]
-    )
+    train = encode_rows(df, split.train, pre, codes)
+    val = encode_rows(df, split.calibration, pre, codes)
+    test_x = np.concatenate([encode_rows(df, split.test_normal, pre, codes),
+                             encode_rows(df, split.test_anomalies, pre, codes)])
+    test_y = np.concatenate([np.zeros(len(split.test_normal), np.int64),
+                             np.ones(len(split.test_anomalies), np.int64)])
+    share = float(len(split.test_anomalies) / len(test_y))
     info = {
+        "protocol": protocol,
+        "anomaly_class": "normal." if protocol == "paper" else "every attack",
         "seed": seed,
         "rows": int(len(df)),
-        "label1_rows": int(n_label1),
+        "label1_rows": n_label1,
         "label0_rows": int(len(df) - n_label1),
-        "train_half_rows": int(len(train_half)),
-        "train_rows": int(len(train_rows)),
+        "train_half_rows": int(len(split.train_half)),
+        "train_rows": int(len(split.train)),
+        "calibration_rows": int(len(split.calibration)),
         "test_rows": int(len(test_y)),
-        "test_anomalies": int(len(test_anom)),
-        "test_anomaly_share": float(len(test_anom) / len(test_y)),
+        "test_anomalies": int(len(split.test_anomalies)),
+        "test_anomaly_share": share,
         "scaled": "min-max fitted on training rows (the paper's published figures are unscaled)",
         "load_seconds": round(time.perf_counter() - t0, 3),
     }
     return Dataset(
-        name="kdd",
+        name="kdd" if protocol == "paper" else "nids",
         train=train,
         val=val,
         test_x=test_x,
         test_y=test_y,
         spec=DataSpec(kind="tabular", shape=[pre.output_dim], feature_names=pre.column_names()),
         preprocessing=pre,
-        contamination=CONTAMINATION,
+        contamination=CONTAMINATION if protocol == "paper" else share,
         info=info,
     )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import Dataset
+from training.data import CalibrationSplit, Dataset
 from training.data.digits import image_dataset
 from training.data.files import KNOWN_FILES, DataError, data_dir, require_file
 
@@ -95,12 +95,15 @@ def load_mnist_arrays() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return np.concatenate(images), np.concatenate(labels).astype(np.int64), parts
 
 
-def load_mnist_dataset(anomaly_digit: int | None = 1, seed: int = 0) -> Dataset:
+def load_mnist_dataset(anomaly_digit: int | None = 1, seed: int = 0,
+                       calibration: CalibrationSplit = CalibrationSplit()) -> Dataset:
     """MNIST as a held-out-digit Dataset: shape [1, 28, 28], pixels in [-1, 1], feature
-    names px0..px783. `anomaly_digit` None or -1: 90/10 train/val, no test set."""
+    names px0..px783. `anomaly_digit` None or -1: train/val only, no test set. `val`:
+    the calibration rows held out of the training rows (`calibration`)."""
     images, labels, parts = load_mnist_arrays()
     pixels = images.reshape(len(images), -1).astype(np.float32) / np.float32(127.5) - 1.0
-    ds = image_dataset("mnist", pixels.astype(np.float32), labels, SIDE, anomaly_digit, seed)
+    ds = image_dataset("mnist", pixels.astype(np.float32), labels, SIDE, anomaly_digit, seed,
+                       calibration)
     assert ds.info is not None
     ds.info["parts"] = parts
     return ds

@@ -13,8 +13,13 @@ silently: the service rejects such records too, so clean the file or `drop` the 
 
 With `label`: rows whose label is in `normal_values` (default: the most frequent label)
 are normal. Normal rows are split (1 - test_fraction) / test_fraction into train and
-test-normal; test = test-normal + every anomalous row (label 1), normal rows first;
-val = the test-normal rows. Without a label: train / val split, no test set.
+test-normal; test = test-normal + every anomalous row (label 1), normal rows first.
+Without a label there is no test set. Either way a share of the training rows
+(`CalibrationSplit`, default 20%) is held out as `val`, the calibration rows: never
+trained on, disjoint from the test rows.
+
+Categories a record sends that the file never held: `unknown_category` "zeros" (the
+default) scores them with an all-zero one-hot block; "error" rejects them.
 """
 
 from __future__ import annotations
@@ -28,12 +33,11 @@ from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from meg.bundle import DataSpec
 from meg.preprocessing import Feature, Preprocessing, category_key
-from training.data import Dataset
+from training.data import CalibrationSplit, Dataset, hold_out
 from training.data.files import DataError
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-DEFAULT_CONTAMINATION = 0.05
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -98,12 +102,14 @@ def load_tabular(
     drop: list[str] | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
-    contamination: float | None = None,
+    calibration: CalibrationSplit = CalibrationSplit(),
+    unknown_category: str = "zeros",
 ) -> Dataset:
     """Load a CSV/Parquet table as a tabular Dataset (schema, split and missing-value
-    policy in the module docstring). `contamination` defaults to the anomaly share of
-    the test set (0.05 without one). Raises DataError for unreadable files, unknown
-    columns, missing values, non-numeric values in numeric columns or empty splits."""
+    policy in the module docstring). The Dataset's `contamination` (the benchmark rule's
+    top share of test scores) is the test set's anomaly share. Raises DataError for
+    unreadable files, unknown columns, missing values, non-numeric values in numeric
+    columns or empty splits."""
     path = Path(path)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -149,18 +155,18 @@ def load_tabular(
         normal_idx = np.flatnonzero(~is_anomaly)
         normal_idx = normal_idx[rng.permutation(len(normal_idx))]
         n_train = int(round((1.0 - test_fraction) * len(normal_idx)))
-        train_rows, val_rows = normal_idx[:n_train], normal_idx[n_train:]
+        fit_rows, test_rows = normal_idx[:n_train], normal_idx[n_train:]
         anomaly_rows = np.flatnonzero(is_anomaly)
         info.update(label=label, normal_values=sorted(normal_keys), anomalies=len(anomaly_rows))
     else:
-        order = rng.permutation(len(df))
-        n_train = int(round((1.0 - test_fraction) * len(df)))
-        train_rows, val_rows, anomaly_rows = order[:n_train], order[n_train:], None
-    if len(train_rows) == 0 or len(val_rows) == 0:
+        fit_rows, test_rows, anomaly_rows = rng.permutation(len(df)), None, None
+    if len(fit_rows) < 2 or (test_rows is not None and len(test_rows) == 0):
         raise DataError(
-            f"{path}: split left {len(train_rows)} training and {len(val_rows)} held-out "
-            f"normal rows; need at least one of each"
+            f"{path}: split left {len(fit_rows)} training and "
+            f"{0 if test_rows is None else len(test_rows)} test normal rows; need at least "
+            f"2 training rows (some are held out to calibrate) and one test row"
         )
+    train_rows, val_rows = hold_out(fit_rows, calibration, seed)
 
     # Fit the preprocessing: vocabularies on all rows, min-max on training rows.
     features: list[Feature] = []
@@ -179,21 +185,23 @@ def load_tabular(
                 Feature(col, "numeric", offset=lo, scale=1.0 / (hi - lo) if hi > lo else 0.0)
             )
             blocks.append(values)
-    pre = Preprocessing(features=features, unknown_category="error")
+    if unknown_category not in ("zeros", "error"):
+        raise DataError(f"unknown_category must be 'zeros' or 'error', got {unknown_category!r}")
+    pre = Preprocessing(features=features, unknown_category=unknown_category)
 
     def encode(rows: np.ndarray) -> np.ndarray:
         return pre.encode_columns({f.name: b[rows] for f, b in zip(features, blocks, strict=True)})
 
     train, val = encode(train_rows), encode(val_rows)
     test_x = test_y = None
-    if anomaly_rows is not None:
-        test_x = np.concatenate([val, encode(anomaly_rows)])
+    contamination = 0.05  # unused without a test set
+    if anomaly_rows is not None and test_rows is not None:
+        test_x = np.concatenate([encode(test_rows), encode(anomaly_rows)])
         test_y = np.concatenate(
-            [np.zeros(len(val_rows), np.int64), np.ones(len(anomaly_rows), np.int64)]
+            [np.zeros(len(test_rows), np.int64), np.ones(len(anomaly_rows), np.int64)]
         )
-    if contamination is None:
-        share = float(test_y.mean()) if test_y is not None else 0.0
-        contamination = share if share > 0 else DEFAULT_CONTAMINATION
+        share = float(test_y.mean())
+        contamination = share if 0.0 < share < 1.0 else contamination
     info.update(
         train=int(len(train)),
         val=int(len(val)),

@@ -19,22 +19,30 @@ def test_held_out_protocol_by_row_identity():
     x = np.arange(len(digits), dtype=np.float32)[:, None]  # row i holds i
     train, val, test_x, test_y, contamination, info = held_out_split(x, digits, 4, seed=0)
     tr, va, te = (a[:, 0].astype(int) for a in (train, val, test_x))
-    assert (digits[tr] != 4).all()  # no anomaly digit in train
-    assert len(tr) == 360 and len(va) == 90  # 80/20 of 450 normal rows
-    assert not set(tr) & set(va)
-    assert set(tr) | set(va) == set(np.flatnonzero(digits != 4))
-    np.testing.assert_array_equal(te[:90], va)  # test = test-normal + all anomalies
-    assert set(te[90:]) == set(np.flatnonzero(digits == 4))
+    assert (digits[tr] != 4).all() and (digits[va] != 4).all()  # no anomaly digit
+    # 80/20 of 450 normal rows into fitting and test-normal; 20% of the 360 fitting rows
+    # are held out to calibrate: train, calibration (val) and test rows are disjoint
+    assert len(tr) == 288 and len(va) == 72
+    assert not set(tr) & set(va) and not (set(tr) | set(va)) & set(te)
+    test_normal = te[:90]
+    assert set(tr) | set(va) | set(test_normal) == set(np.flatnonzero(digits != 4))
+    assert set(te[90:]) == set(np.flatnonzero(digits == 4))  # test = test-normal + anomalies
     np.testing.assert_array_equal(test_y, (digits[te] == 4).astype(int))
     assert contamination == pytest.approx(50 / 140)
     assert info == {
         "anomaly_digit": 4,
         "seed": 0,
-        "train": 360,
-        "val": 90,
+        "train": 288,
+        "val": 72,
         "test": 140,
         "test_anomalies": 50,
     }
+    # the test set does not depend on the calibration share
+    from training.data import CalibrationSplit
+
+    other = held_out_split(x, digits, 4, seed=0, calibration=CalibrationSplit(fraction=0.5))
+    np.testing.assert_array_equal(other[2], test_x)
+    assert len(other[1]) == 180
     again = held_out_split(x, digits, 4, seed=0)
     np.testing.assert_array_equal(again[0], train)
     other = held_out_split(x, digits, 4, seed=1)
@@ -46,7 +54,7 @@ def test_no_anomaly_digit():
     x = np.arange(len(digits), dtype=np.float32)[:, None]
     for none in (None, -1):
         train, val, test_x, test_y, contamination, info = held_out_split(x, digits, none, 0)
-        assert len(train) == 180 and len(val) == 20
+        assert len(train) == 160 and len(val) == 40  # 20% held out to calibrate
         assert test_x is None and test_y is None and contamination == 0.05
         assert set(train[:, 0]) | set(val[:, 0]) == set(x[:, 0])
     with pytest.raises(ValueError, match="anomaly_digit"):
@@ -58,10 +66,11 @@ def test_load_digits_dataset():
     n9 = int((labels == 9).sum())
     n_normal = len(labels) - n9
     ds = load_digits_dataset(9, seed=0)
-    n_train = round(0.8 * n_normal)
-    assert ds.train.shape == (n_train, 64) and ds.train.dtype == np.float32
-    assert ds.val.shape == (n_normal - n_train, 64)
-    assert ds.test_x.shape == (n_normal - n_train + n9, 64)
+    n_fit = round(0.8 * n_normal)
+    n_cal = round(0.2 * n_fit)
+    assert ds.train.shape == (n_fit - n_cal, 64) and ds.train.dtype == np.float32
+    assert ds.val.shape == (n_cal, 64)
+    assert ds.test_x.shape == (n_normal - n_fit + n9, 64)
     assert int(ds.test_y.sum()) == n9
     assert ds.contamination == pytest.approx(n9 / len(ds.test_y))
     assert ds.spec.kind == "image" and ds.spec.shape == [1, 8, 8]
@@ -88,4 +97,4 @@ def test_digits_without_test():
     assert ds.test_x is None and ds.test_y is None
     assert len(ds.train) + len(ds.val) == len(_labels())
     n = len(_labels())
-    assert len(ds.train) == round(0.9 * n) and len(ds.val) == n - round(0.9 * n)
+    assert len(ds.val) == round(0.2 * n) and len(ds.train) == n - round(0.2 * n)

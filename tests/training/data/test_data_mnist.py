@@ -85,13 +85,13 @@ def test_mnist_held_out_split(mnist1):
     n1 = int((labels == 1).sum())
     assert n1 == 1_135
     n_normal = 10_000 - n1
-    n_train = round(0.8 * n_normal)
+    n_fit = round(0.8 * n_normal)
+    n_cal = round(0.2 * n_fit)  # held out of the fitting rows to calibrate
     ds = mnist1
-    assert ds.train.shape == (n_train, 784) and ds.train.dtype == np.float32
-    assert ds.val.shape == (n_normal - n_train, 784)
-    assert ds.test_x.shape == (n_normal - n_train + n1, 784)
+    assert ds.train.shape == (n_fit - n_cal, 784) and ds.train.dtype == np.float32
+    assert ds.val.shape == (n_cal, 784)
+    assert ds.test_x.shape == (n_normal - n_fit + n1, 784)
     assert int(ds.test_y.sum()) == n1
-    np.testing.assert_array_equal(ds.test_x[: len(ds.val)], ds.val)
     assert ds.spec.kind == "image" and ds.spec.shape == [1, 28, 28]
     assert ds.spec.value_range == [-1.0, 1.0]
     assert ds.spec.feature_names[-1] == "px783" and len(ds.spec.feature_names) == 784

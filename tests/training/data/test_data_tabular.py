@@ -88,19 +88,22 @@ def test_label_protocol(table):
     ds = load_tabular(csv, label="kind", seed=3)
     labels = df["kind"].to_numpy()
     train_rows, val_rows = _rows_of(ds, ds.train), _rows_of(ds, ds.val)
-    assert (labels[train_rows] == "ok").all()  # no anomalies in training
-    assert len(train_rows) == 128 and len(val_rows) == 32  # 80/20 of the 160 normal rows
-    assert not set(train_rows) & set(val_rows)
+    assert (labels[train_rows] == "ok").all() and (labels[val_rows] == "ok").all()
+    # 80/20 of the 160 normal rows into fitting and test-normal rows, then 20% of the
+    # 128 fitting rows held out to calibrate
+    assert len(train_rows) == 102 and len(val_rows) == 26
     test_rows = _rows_of(ds, ds.test_x)
+    assert not set(train_rows) & set(val_rows) and not (set(train_rows) | set(val_rows)) & set(
+        test_rows)
     np.testing.assert_array_equal(ds.test_y, (labels[test_rows] == "bad").astype(int))
     assert set(test_rows[ds.test_y == 1]) == set(np.flatnonzero(labels == "bad"))
-    np.testing.assert_array_equal(ds.test_x[:32], ds.val)
-    assert ds.contamination == pytest.approx(40 / 72)
+    assert (ds.test_y[:32] == 0).all()
+    assert ds.contamination == pytest.approx(40 / 72)  # the benchmark rule's test share
     assert ds.info["normal_values"] == ["ok"] and ds.info["anomalies"] == 40
-    # explicit normal values flip the roles; explicit contamination wins
-    flipped = load_tabular(csv, label="kind", normal_values=["bad"], contamination=0.1)
+    # explicit normal values flip the roles
+    flipped = load_tabular(csv, label="kind", normal_values=["bad"])
     assert (labels[_rows_of(flipped, flipped.train)] == "bad").all()
-    assert flipped.contamination == 0.1
+    assert flipped.contamination == pytest.approx(160 / 168)
 
 
 def test_numeric_labels_match_by_category_key(tmp_path):
@@ -136,20 +139,29 @@ def test_transform_records_matches_model_rows(table):
         np.testing.assert_array_equal(ds.preprocessing.transform_records(recs), values)
 
 
-def test_unknown_category_error(table):
+def test_unknown_category_scored_by_default_or_an_error(table):
     df, csv, _ = table
     ds = load_tabular(csv, label="kind")
+    assert ds.preprocessing.unknown_category == "zeros"
     rec = _records(df, [0], [f.name for f in ds.preprocessing.features])[0]
     rec["colour"] = "purple"
+    enc = ds.preprocessing.encode_records([rec])
+    assert enc.unseen == [["colour"]]
+    colour = [i for i, c in enumerate(ds.spec.feature_names) if c.startswith("colour=")]
+    assert enc.x[0, colour].sum() == 0.0
     with pytest.raises(RecordError, match="unknown category 'purple'"):
-        ds.preprocessing.transform_records([rec])
+        ds.preprocessing.encode_records([rec], unknown_category="error")
+    strict = load_tabular(csv, label="kind", unknown_category="error")
+    with pytest.raises(RecordError, match="unknown category 'purple'"):
+        strict.preprocessing.transform_records([rec])
 
 
 def test_without_label(table):
     _, csv, _ = table
     ds = load_tabular(csv, test_fraction=0.25)
     assert ds.test_x is None and ds.test_y is None
-    assert len(ds.train) == 150 and len(ds.val) == 50
+    assert len(ds.train) == 160 and len(ds.val) == 40  # calibration: a 20% split of the file
+    assert not set(_rows_of(ds, ds.train)) & set(_rows_of(ds, ds.val))
     assert ds.contamination == 0.05
     assert "kind=ok" in ds.spec.feature_names  # unlabelled: every column is a feature
 
