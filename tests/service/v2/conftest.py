@@ -4,40 +4,23 @@ per session; the tritonclient libraries talk to it over sockets like any V2 clie
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 import uvicorn
+from v2_helpers import API_KEY, AUTH, LiveServer, free_port
 
 from service.main import create_app
 from service.settings import Settings
-
-API_KEY = "v2-test-key"
-AUTH = {"X-API-Key": API_KEY}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class LiveServer:
-    http_url: str  # host:port, as tritonclient wants it
-    grpc_url: str
-    native: httpx.Client  # the native API of the same server, authenticated
 
 
 @pytest.fixture(scope="session")
 def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
     http_port = free_port()
-    settings = make_settings(api_keys=API_KEY, **_grpc_settings())
+    settings = make_settings(api_keys=API_KEY, grpc_port=free_port())
     app = create_app(settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=http_port, log_config=None,
                             access_log=False, lifespan="on", timeout_graceful_shutdown=5)
@@ -55,14 +38,10 @@ def live_server(make_settings: Callable[..., Settings]) -> Iterator[LiveServer]:
                 pass
             assert thread.is_alive() and time.monotonic() < deadline, "server never ready"
             time.sleep(0.1)
-        grpc_port = getattr(app.state, "grpc_port", 0)
+        grpc_port = app.state.grpc_port
         try:
             yield LiveServer(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", native)
         finally:
             server.should_exit = True
             thread.join(30)
 
-
-def _grpc_settings() -> dict[str, int]:
-    """gRPC on a free port when the settings know it."""
-    return {"grpc_port": free_port()} if "grpc_port" in Settings.model_fields else {}

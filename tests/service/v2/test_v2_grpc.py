@@ -4,15 +4,19 @@ the native endpoints, status codes, and the committed descriptor against the .pr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
-from conftest import API_KEY, LiveServer
 from tritonclient.utils import InferenceServerException
+from v2_helpers import API_KEY, LiveServer, free_port
 
+from service.main import create_app
+from service.settings import Settings
 from service.v2 import descriptor
-from service.v2.grpc_server import GRPC_STATUS, M
+from service.v2.grpc_server import GRPC_STATUS, InferenceService, M
 
 KEY = {"x-api-key": API_KEY}
 
@@ -116,3 +120,39 @@ def test_descriptor_is_the_proto_and_wire_compatible_with_triton() -> None:
             for f in d.fields:
                 tf = t.fields_by_name[f.name]
                 assert (f.number, f.type) == (tf.number, tf.type), (name, f.name)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_grpc_lives_and_dies_with_the_lifespan(toy_only: Path) -> None:
+    """MEG_GRPC_PORT starts the gRPC server in the app's lifespan, on its loop and engine;
+    shutdown closes the port. MEG_GRPC_PORT=0 starts none."""
+    port = free_port()
+    settings = Settings(models_dir=toy_only, log_level="WARNING", grpc_port=port)
+    app = create_app(settings)
+    live = M.ServerLiveRequest()
+
+    async def server_live() -> bool:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_unary(f"/{descriptor.SERVICE}/ServerLive",
+                                  request_serializer=M.ServerLiveRequest.SerializeToString,
+                                  response_deserializer=M.ServerLiveResponse.FromString)
+            return bool((await call(live, timeout=5)).live)
+
+    async with app.router.lifespan_context(app):
+        assert app.state.grpc_port == port
+        assert await server_live()
+        # The same engine as HTTP: a model the engine holds is ready over gRPC.
+        assert await InferenceService(app.state.engine, "x", []).model_ready(
+            M.ModelReadyRequest(name="toy.sample"), None) == M.ModelReadyResponse(ready=True)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await server_live()
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    off = create_app(Settings(models_dir=toy_only, log_level="WARNING"))
+    async with off.router.lifespan_context(off):
+        assert not hasattr(off.state, "grpc_port")

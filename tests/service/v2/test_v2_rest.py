@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as th
-from conftest import API_KEY, AUTH, LiveServer
 from tritonclient.utils import InferenceServerException
+from v2_helpers import API_KEY, AUTH, LiveServer
 
 
 @pytest.fixture(scope="module")
