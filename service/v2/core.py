@@ -7,9 +7,8 @@ Model naming: every loaded bundle NAME serves five V2 models,
     NAME.energy   x FP32 [-1, D]                 -> energy FP32 [-1]
     NAME.generate z FP32 [-1, L]                 -> x FP32 [-1, D]
     NAME.encode   x FP32 [-1, D]                 -> z FP32 [-1, L]
-    NAME.anomaly  x FP32 [-1, D]                 -> score FP32 [-1], percentile FP32 [-1],
-                                                    is_anomaly BOOL [-1] (+ p_value FP32 [-1]
-                                                    when the engine reports p-values)
+    NAME.anomaly  x FP32 [-1, D]                 -> score, p_value, percentile FP32 [-1],
+                                                    is_anomaly BOOL [-1]
     NAME.sample   n INT64 [1], seed INT64 [1]    -> x FP32 [-1, D], z FP32 [-1, L]
 
 and NAME alone is NAME.energy. D = the bundle's data_dim (model space), L = latent_dim.
@@ -22,7 +21,6 @@ parameters; sample takes
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +29,7 @@ import numpy as np
 from service.engine import Engine
 from service.engine.errors import InvalidInput, ModelNotFound
 from service.engine.models import LoadedModel
-from service.engine.results import Anomalies, MCMCParams
+from service.engine.results import MCMCParams
 
 SERVER_NAME = "meg"
 EXTENSIONS = ("binary_tensor_data",)
@@ -47,12 +45,6 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 }
 _F32_MAX = float(np.finfo(np.float32).max)
 _DTYPE_NAMES = {dt: name for name, dt in DATATYPES.items()}
-
-# The engine's Anomalies may carry conformal p-values (added by another change); the V2
-# model declares `p_value` exactly when the result type has them.
-_P_FIELD = next((f.name for f in dataclasses.fields(Anomalies)
-                 if f.name in ("p_values", "pvalues")), None)
-
 
 def datatype_of(a: np.ndarray) -> str:
     return _DTYPE_NAMES[np.dtype(a.dtype).newbyteorder("=")]
@@ -123,11 +115,9 @@ def _specs(bundle: LoadedModel, op: str) -> tuple[tuple[TensorSpec, ...],
     if op == "encode":
         return (x,), (z,)
     if op == "anomaly":
-        outs = [TensorSpec("score", "FP32", (-1,)), TensorSpec("percentile", "FP32", (-1,)),
-                TensorSpec("is_anomaly", "BOOL", (-1,))]
-        if _P_FIELD is not None:
-            outs.append(TensorSpec("p_value", "FP32", (-1,)))
-        return (x,), tuple(outs)
+        return (x,), (TensorSpec("score", "FP32", (-1,)), TensorSpec("p_value", "FP32", (-1,)),
+                      TensorSpec("percentile", "FP32", (-1,)),
+                      TensorSpec("is_anomaly", "BOOL", (-1,)))
     assert op == "sample"
     return (TensorSpec("n", "INT64", (1,)), TensorSpec("seed", "INT64", (1,))), (x, z)
 
@@ -253,12 +243,11 @@ async def infer(engine: Engine, model: V2Model, inputs: list[Tensor],
             a = await engine.anomaly(bundle, rows,
                                      threshold=_param_float(parameters, "threshold"),
                                      target_fpr=_param_float(parameters, "target_fpr"))
-            outs = {"score": a.scores, "percentile": a.percentiles, "is_anomaly": a.flags}
-            p = getattr(a, _P_FIELD, None) if _P_FIELD else None
-            if p is not None:
-                outs["p_value"] = p
+            assert a.p_values is not None  # the engine always computes them
+            outs = {"score": a.scores, "p_value": a.p_values, "percentile": a.percentiles,
+                    "is_anomaly": a.flags}
             params["threshold"] = a.threshold
-            if getattr(a, "target_fpr", None) is not None:
+            if a.target_fpr is not None:
                 params["target_fpr"] = a.target_fpr
     tensors = [Tensor(spec.name, np.ascontiguousarray(outs[spec.name],
                                                       dtype=DATATYPES[spec.datatype]))
