@@ -4,6 +4,7 @@ tensors, the same numbers as the native endpoints, and the V2 error shape."""
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
 import httpx
@@ -92,6 +93,11 @@ def test_energy_encode_anomaly_match_native(tc: th.InferenceServerClient,
                       .json()["energies"], dtype=np.float32)
     assert res.as_numpy("energy").dtype == np.float32
     np.testing.assert_array_equal(res.as_numpy("energy"), want)
+    # A compressed request body (tritonclient's request_compression_algorithm).
+    for algo in ("gzip", "deflate"):
+        packed = tc.infer("digits", [_input("x", x, binary)], headers=dict(AUTH),
+                          request_compression_algorithm=algo)
+        np.testing.assert_array_equal(packed.as_numpy("energy"), want)
 
     z = _infer(tc, "digits.encode", {"x": x}, binary).as_numpy("z")
     want_z = native.post("/encode", json={"model": "digits", "inputs": x.tolist()}).json()
@@ -176,6 +182,11 @@ def test_errors(tc: th.InferenceServerClient, live_server: LiveServer) -> None:
               b'"data": [' + b",".join([b"0.5"] * 64) + b"]}]}",
               **{"Content-Type": "application/octet-stream"})
     assert ok.status_code == 200 and ok.json()["outputs"][0]["name"] == "energy"
+    # A compressed body never inflates past the body limit (256 KiB in these tests).
+    bomb = gzip.compress(b" " * (1 << 20))
+    r = post(bomb, **{"Content-Encoding": "gzip"})
+    assert r.status_code == 413 and "decompressed" in r.json()["error"]
+    assert post(b"x", **{"Content-Encoding": "br"}).status_code == 415
     big = post(b'{"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", '
                b'"data": [1e39' + b",0" * 63 + b"]}]}")
     assert big.status_code == 400, big.text
