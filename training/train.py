@@ -255,16 +255,20 @@ def mi_lower_bound(encoder_mse: float, latent_dim: int) -> float:
 class Probe:
     """Fixed rows and latents every selection check scores, so checks are comparable."""
 
-    val: torch.Tensor  # (V, D) held-out rows of the training class (dataset.val)
+    val: torch.Tensor  # (V, D) held-out rows of the training class (dataset.select)
     swap: torch.Tensor  # (V, D) the same rows, features partly swapped (swap_features)
     train: torch.Tensor  # (V', D) a fixed sample of training rows
     z: torch.Tensor  # (P, latent)
 
 
-def make_probe(data: Dataset, latent_dim: int, device: torch.device, seed: int) -> Probe:
-    """The probe rows: the Dataset's validation rows and training rows only."""
+def make_probe(data: Dataset, latent_dim: int, device: torch.device, seed: int) -> Probe | None:
+    """The probe rows: the Dataset's selection rows and training rows only. Never its
+    calibration rows (`val`): choosing a checkpoint by them would bias their scores and
+    void the calibrated false-positive rate. None (no selection) without selection rows."""
+    if data.select is None or len(data.select) == 0:
+        return None
     g = np.random.default_rng(seed)
-    val = data.val[g.permutation(len(data.val))[:PROBE_ROWS]]
+    val = data.select[g.permutation(len(data.select))[:PROBE_ROWS]]
     train_rows = data.train[g.permutation(len(data.train))[:PROBE_ROWS]]
     z = torch.randn(PROBE_ROWS, latent_dim, generator=torch.Generator().manual_seed(seed))
     swap = swap_features(val, SWAP_FRACTION, g)
@@ -362,6 +366,7 @@ def train(
     rng = torch.Generator(device=device).manual_seed(tc.seed * 1000 + dd.rank)
 
     data = dataset if dataset is not None else load_data(cfg.data, cfg.calibrate)
+    check_calibration_size(len(data.val), cfg.calibrate.target_fpr)  # before training, not after
     check_calibration_size(len(data.val), cfg.calibrate.target_fpr)  # before training, not after
     cfg.model.data_dim = data.dim
     cfg.model.data_shape = list(data.spec.shape)

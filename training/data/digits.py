@@ -9,7 +9,7 @@ held out as `val`, the calibration rows: never trained on, disjoint from the tes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,6 +23,16 @@ def _split_info(anomaly_digit: int | None, seed: int, **counts: int) -> dict[str
     return {"anomaly_digit": anomaly_digit, "seed": seed, **counts}
 
 
+class DigitSplit(NamedTuple):
+    train: np.ndarray
+    val: np.ndarray  # calibration rows
+    test_x: np.ndarray | None
+    test_y: np.ndarray | None
+    contamination: float
+    info: dict[str, Any]
+    select: np.ndarray  # checkpoint-selection rows
+
+
 def held_out_split(
     x: np.ndarray,
     digits: np.ndarray,
@@ -30,13 +40,14 @@ def held_out_split(
     seed: int,
     train_fraction: float = 0.8,
     calibration: CalibrationSplit = CalibrationSplit(),
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, float, dict[str, Any]]:
+) -> DigitSplit:
     """Split rows `x` with class labels `digits` by the held-out-digit protocol.
 
-    Returns (train, val, test_x, test_y, contamination, info). `val` holds the
-    calibration rows, held out of the normal training rows by `calibration` (disjoint
-    from train and test). With `anomaly_digit` None or -1 there are no anomalies and no
-    test set: every row is train or val. Test rows come normal first, then anomalies."""
+    `val` holds the calibration rows and `select` the checkpoint-selection rows, both
+    held out of the normal training rows by `calibration` (disjoint from each other, from
+    train and from test). With `anomaly_digit` None or -1 there are no anomalies and no
+    test set: every row is train, val or select. Test rows come normal first, then
+    anomalies."""
     if anomaly_digit == -1:
         anomaly_digit = None
     if anomaly_digit is not None and anomaly_digit not in range(10):
@@ -46,7 +57,7 @@ def held_out_split(
         rows = hold_out(rng.permutation(len(x)), calibration, seed)
         train, val = x[rows.train], x[rows.calibration]
         info = _split_info(None, seed, train=len(train), val=len(val), test=0, test_anomalies=0)
-        return train, val, None, None, NO_TEST_CONTAMINATION, info
+        return DigitSplit(train, val, None, None, NO_TEST_CONTAMINATION, info, x[rows.selection])
     is_anomaly = digits == anomaly_digit
     normal_idx = np.flatnonzero(~is_anomaly)
     normal_idx = normal_idx[rng.permutation(len(normal_idx))]
@@ -69,7 +80,7 @@ def held_out_split(
         test=len(test_y),
         test_anomalies=len(anomaly_idx),
     )
-    return train, val, test_x, test_y, contamination, info
+    return DigitSplit(train, val, test_x, test_y, contamination, info, x[rows.selection])
 
 
 def image_dataset(
@@ -83,9 +94,8 @@ def image_dataset(
 ) -> Dataset:
     """Flat [-1, 1] float32 `pixels` (N, side*side) with class labels as a held-out-digit
     image Dataset of shape [1, side, side]."""
-    train, val, test_x, test_y, contamination, info = held_out_split(
-        pixels, digits, anomaly_digit, seed, calibration=calibration
-    )
+    split = held_out_split(pixels, digits, anomaly_digit, seed, calibration=calibration)
+    train, val, test_x, test_y, contamination, info, select = split
     info["rows"] = int(len(pixels))
     spec = DataSpec(
         kind="image",
@@ -103,6 +113,7 @@ def image_dataset(
         preprocessing=None,
         contamination=contamination,
         info=info,
+        select=select,
     )
 
 

@@ -158,6 +158,7 @@ class KddSplit:
     train_half: np.ndarray  # the sampled training half, every label
     train: np.ndarray  # label-0 rows of the training half that train
     calibration: np.ndarray  # label-0 rows of the training half held out to calibrate
+    selection: np.ndarray  # label-0 rows of the training half held out to select a checkpoint
     test_normal: np.ndarray  # label-0 rows of the test half, file order
     test_anomalies: np.ndarray  # label-1 rows of the test half (paper: after the 20% cap)
 
@@ -184,7 +185,8 @@ def split_rows(df: pd.DataFrame, seed: int, protocol: str = "paper",
     test_anom = np.flatnonzero(~in_train & y)
     if protocol == "paper":
         test_anom = cap_anomalies(test_anom, len(test_normal), TEST_ANOMALY_SHARE, seed)
-    return KddSplit(train_half, held.train, held.calibration, test_normal, test_anom)
+    return KddSplit(train_half, held.train, held.calibration, held.selection, test_normal,
+                    test_anom)
 
 
 def row_labels(seed: int = 42, protocol: str = "paper",
@@ -237,6 +239,7 @@ def load_kdd(seed: int = 42, protocol: str = "paper",
         "train_half_rows": int(len(split.train_half)),
         "train_rows": int(len(split.train)),
         "calibration_rows": int(len(split.calibration)),
+        "selection_rows": int(len(split.selection)),
         "test_rows": int(len(test_y)),
         "test_anomalies": int(len(split.test_anomalies)),
         "test_anomaly_share": share,
@@ -253,6 +256,7 @@ def load_kdd(seed: int = 42, protocol: str = "paper",
         preprocessing=pre,
         contamination=CONTAMINATION if protocol == "paper" else share,
         info=info,
+        select=encode_rows(df, split.selection, pre, codes),
     )
 
 

@@ -166,7 +166,7 @@ def load_tabular(
             f"{0 if test_rows is None else len(test_rows)} test normal rows; need at least "
             f"2 training rows (some are held out to calibrate) and one test row"
         )
-    train_rows, val_rows = hold_out(fit_rows, calibration, seed)
+    train_rows, val_rows, select_rows = hold_out(fit_rows, calibration, seed)
 
     # Fit the preprocessing: vocabularies on all rows, min-max on training rows.
     features: list[Feature] = []
@@ -205,6 +205,7 @@ def load_tabular(
     info.update(
         train=int(len(train)),
         val=int(len(val)),
+        select=int(len(select_rows)),
         test=0 if test_y is None else int(len(test_y)),
         schema={c: kinds[c] for c in columns},
     )
@@ -218,4 +219,5 @@ def load_tabular(
         preprocessing=pre,
         contamination=float(contamination),
         info=info,
+        select=encode(select_rows),
     )

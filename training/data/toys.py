@@ -39,6 +39,7 @@ MIN_SAMPLES_PER_MODE = 20
 HQ_STDS = 3.0
 KL_EPS = 1e-10
 VAL_SIZE = 5_000
+SELECT_SIZE = 2_048
 # Swiss roll "modes": the roll's parameter range cut into equal segments (data is
 # uniform in t, so each segment holds an equal share of real samples).
 SWISS_SEGMENTS = 10
@@ -104,11 +105,13 @@ def _grid_units() -> np.ndarray:
 
 
 def load_toy(name: str, n: int = 100_000, seed: int = 0) -> Dataset:
-    """Toy `name` as a Dataset: `n` training points, 5,000 fresh validation points (an
-    independent stream of the same seed), no labelled test set."""
+    """Toy `name` as a Dataset: `n` training points, 5,000 fresh calibration points and
+    2,048 fresh checkpoint-selection points (independent streams of the same seed), no
+    labelled test set."""
     _check_name(name)
     train = sample_toy(name, n, seed)
     val = sample_toy(name, VAL_SIZE, [seed, 1])
+    select = sample_toy(name, SELECT_SIZE, [seed, 2])  # checkpoint selection, not calibration
     centres = toy_centres(name)
     info: dict[str, Any] = {
         "n": n,
@@ -126,6 +129,7 @@ def load_toy(name: str, n: int = 100_000, seed: int = 0) -> Dataset:
         preprocessing=None,
         contamination=0.05,
         info=info,
+        select=select,
     )
 
 

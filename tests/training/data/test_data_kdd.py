@@ -31,7 +31,8 @@ ROWS = 494_021
 NORMAL_ROWS = 97_278  # label "normal." (label 1, the anomaly class)
 FIT_ROWS = 198_361  # label-0 rows of df.sample(frac=0.5, random_state=42)
 CAL_ROWS = 20_000  # of those, held out to calibrate (20%, capped at calibrate.max_rows)
-TRAIN_ROWS = FIT_ROWS - CAL_ROWS
+SELECT_ROWS = 2_048  # and to select a checkpoint (10%, capped)
+TRAIN_ROWS = FIT_ROWS - CAL_ROWS - SELECT_ROWS
 TEST_ROWS = 247_011
 TEST_ANOMALIES = 48_629
 
@@ -73,6 +74,7 @@ def test_counts(kdd):
     assert info["test_rows"] == TEST_ROWS == len(kdd.test_x) == len(kdd.test_y)
     assert info["test_anomalies"] == TEST_ANOMALIES == int(kdd.test_y.sum())
     assert info["calibration_rows"] == CAL_ROWS == len(kdd.val)
+    assert info["selection_rows"] == SELECT_ROWS == len(kdd.select)
 
 
 def test_shapes_and_spec(kdd):
@@ -106,12 +108,13 @@ def test_protocol(kdd, paper_split):
     n0 = TEST_ROWS - TEST_ANOMALIES
     assert (kdd.test_y[:n0] == 0).all() and (kdd.test_y[n0:] == 1).all()
     train0, test0, test1 = paper_split
-    assert len(train0) == len(kdd.train) + len(kdd.val) and len(test0) == n0
+    assert len(train0) == len(kdd.train) + len(kdd.val) + len(kdd.select) and len(test0) == n0
     assert len(test1) == TEST_ANOMALIES  # all of them fit under the 20% cap
     # calibration rows: label-0 rows of the training half, disjoint from train and test
     split = split_rows(_read_kdd(str(REAL)), 42)
-    assert set(split.train).isdisjoint(split.calibration)
-    assert set(split.train) | set(split.calibration) == set(train0.index)
+    parts = [set(split.train), set(split.calibration), set(split.selection)]
+    assert sum(map(len, parts)) == len(set().union(*parts))
+    assert set().union(*parts) == set(train0.index)
     assert set(split.calibration).isdisjoint(test0.index)
 
 
@@ -209,7 +212,7 @@ def test_nids_protocol():
     assert len(split.test_anomalies) == int((df["label"].to_numpy()[test_half] != "normal.").sum())
     assert ds.contamination == pytest.approx(ds.test_y.mean()) and ds.test_y.mean() > 0.7
     n_normal_train_half = int((df["label"].to_numpy()[split.train_half] == "normal.").sum())
-    assert len(ds.train) + len(ds.val) == n_normal_train_half
+    assert len(ds.train) + len(ds.val) + len(ds.select) == n_normal_train_half
     assert len(ds.val) == round(0.2 * n_normal_train_half)
     assert set(split.calibration).isdisjoint(split.test_normal)
     assert {"smurf.", "neptune.", "back.", "teardrop."} <= set(test_labels)

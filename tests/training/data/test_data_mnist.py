@@ -87,8 +87,10 @@ def test_mnist_held_out_split(mnist1):
     n_normal = 10_000 - n1
     n_fit = round(0.8 * n_normal)
     n_cal = round(0.2 * n_fit)  # held out of the fitting rows to calibrate
+    n_sel = min(round(0.1 * n_fit), 2048)  # and to select a checkpoint
     ds = mnist1
-    assert ds.train.shape == (n_fit - n_cal, 784) and ds.train.dtype == np.float32
+    assert ds.train.shape == (n_fit - n_cal - n_sel, 784) and ds.train.dtype == np.float32
+    assert ds.select.shape == (n_sel, 784)
     assert ds.val.shape == (n_cal, 784)
     assert ds.test_x.shape == (n_normal - n_fit + n1, 784)
     assert int(ds.test_y.sum()) == n1
@@ -138,4 +140,4 @@ def test_mnist_uses_train_and_t10k_when_both_exist(tmp_path, monkeypatch):
     monkeypatch.setenv("MEG_DATA_DIR", str(tmp_path))
     ds = load_mnist_dataset(None, seed=0)
     assert ds.info["parts"] == ["train", "t10k"]
-    assert len(ds.train) + len(ds.val) == 10_050
+    assert len(ds.train) + len(ds.val) + len(ds.select) == 10_050

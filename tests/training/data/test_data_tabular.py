@@ -90,11 +90,12 @@ def test_label_protocol(table):
     train_rows, val_rows = _rows_of(ds, ds.train), _rows_of(ds, ds.val)
     assert (labels[train_rows] == "ok").all() and (labels[val_rows] == "ok").all()
     # 80/20 of the 160 normal rows into fitting and test-normal rows, then 20% of the
-    # 128 fitting rows held out to calibrate
-    assert len(train_rows) == 102 and len(val_rows) == 26
+    # 128 fitting rows held out to calibrate and 10% to select a checkpoint
+    select_rows = _rows_of(ds, ds.select)
+    assert len(train_rows) == 89 and len(val_rows) == 26 and len(select_rows) == 13
     test_rows = _rows_of(ds, ds.test_x)
-    assert not set(train_rows) & set(val_rows) and not (set(train_rows) | set(val_rows)) & set(
-        test_rows)
+    parts = [set(train_rows), set(val_rows), set(select_rows), set(test_rows)]
+    assert sum(map(len, parts)) == len(set().union(*parts))
     np.testing.assert_array_equal(ds.test_y, (labels[test_rows] == "bad").astype(int))
     assert set(test_rows[ds.test_y == 1]) == set(np.flatnonzero(labels == "bad"))
     assert (ds.test_y[:32] == 0).all()
@@ -160,7 +161,8 @@ def test_without_label(table):
     _, csv, _ = table
     ds = load_tabular(csv, test_fraction=0.25)
     assert ds.test_x is None and ds.test_y is None
-    assert len(ds.train) == 160 and len(ds.val) == 40  # calibration: a 20% split of the file
+    # calibration: a 20% split of the file; checkpoint selection: another 10%
+    assert len(ds.train) == 140 and len(ds.val) == 40 and len(ds.select) == 20
     assert not set(_rows_of(ds, ds.train)) & set(_rows_of(ds, ds.val))
     assert ds.contamination == 0.05
     assert "kind=ok" in ds.spec.feature_names  # unlabelled: every column is a feature
