@@ -367,7 +367,6 @@ def train(
 
     data = dataset if dataset is not None else load_data(cfg.data, cfg.calibrate)
     check_calibration_size(len(data.val), cfg.calibrate.target_fpr)  # before training, not after
-    check_calibration_size(len(data.val), cfg.calibrate.target_fpr)  # before training, not after
     cfg.model.data_dim = data.dim
     cfg.model.data_shape = list(data.spec.shape)
     x_all = torch.as_tensor(data.train, dtype=torch.float32, device=device)  # (N, D)
