@@ -109,7 +109,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         bundle = Path(args.bundle)
         if not (bundle / MANIFEST).exists() and args.model:
             bundle = bundle / args.model  # --bundle MODELS_DIR --model NAME
-        summary = score_file(src, BundleScorer(bundle, args.threshold, args.target_fpr), **opts)
+        with BundleScorer(bundle, args.threshold, args.target_fpr) as scorer:
+            summary = score_file(src, scorer, **opts)
     print(f"meg score: {summary.rows} rows, {summary.flagged} flagged"
           + (f" -> {out}" if out else ""), file=sys.stderr)
     return 0
@@ -171,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--bundle", help="bundle directory (or a directory of bundles with --model)")
     sc.add_argument("--out", help="output file (default: CSV on stdout)")
     sc.add_argument("--chunk-size", type=int, default=1000, metavar="N",
-                    help="rows per chunk and per request (default 1000)")
+                    help="rows read and scored at a time (default 1000); with --url sent in "
+                    "requests of at most 1000 rows")
     sc.add_argument("--keep", action="append", metavar="COLUMN",
                     help="copy this input column into the output, e.g. an id (repeatable)")
     flag = sc.add_mutually_exclusive_group()

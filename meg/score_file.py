@@ -1,9 +1,8 @@
 """`meg score`: anomaly scores for every row of a CSV or Parquet file, streamed in chunks
 (pandas `read_csv(chunksize=)`, pyarrow `iter_batches`), so a file larger than memory
 works. Rows are scored either by a server (`ServerScorer`, through meg.client) or
-in-process from a bundle directory (`BundleScorer`: ONNX Runtime on energy.onnx,
-meg.preprocessing for records, meg.scoring for p-values and flags; no service or training
-import).
+in-process from a bundle directory (`BundleScorer`: the server's engine, service.engine,
+imported lazily; no HTTP and no training code), with the same numbers either way.
 
 Which columns are read: for a bundle with preprocessing (tabular records) its input
 features by name (other columns are ignored); otherwise the model-space columns named by
@@ -26,7 +25,6 @@ from typing import IO, Any, Protocol
 import numpy as np
 
 from meg import bundle as B
-from meg import scoring
 from meg.client import MegClientError
 
 OUTPUT_COLUMNS = ("score", "p_value", "percentile", "is_anomaly")
@@ -108,68 +106,87 @@ def _plain(v: Any) -> Any:
 
 
 class BundleScorer:
-    """In-process: a bundle directory's energy.onnx and calibration. Flags like the
-    server: p_value <= target_fpr (default the bundle's) or score >= an explicit
-    threshold."""
+    """In-process: the server's own engine (service.engine, imported here only) over one
+    bundle directory, so the numbers are the server's by construction: the bundle's
+    default score, its calibration, p-values and flags (p_value <= target_fpr, default
+    the bundle's, or score >= an explicit threshold). No HTTP, no training code."""
 
     def __init__(self, bundle_dir: Path, threshold: float | None = None,
                  target_fpr: float | None = None):
-        import onnxruntime as ort
+        import asyncio
 
         if threshold is not None and target_fpr is not None:
             raise ScoreError("give at most one of --threshold or --target-fpr")
-        self.manifest = B.read_manifest(bundle_dir)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # streaming chunks: one core is plenty, leave the rest
-        self.session = ort.InferenceSession(str(Path(bundle_dir) / B.ENERGY_ONNX), opts,
-                                            providers=["CPUExecutionProvider"])
-        self.input_name = B.ONNX_NAMES[B.ENERGY_ONNX][0]
-        cal = self.manifest.calibration
-        self.cal = cal.array
-        self.threshold = threshold
-        self.alpha = None
-        if threshold is None:
-            self.alpha = cal.target_fpr if target_fpr is None else float(target_fpr)
-            if not 0.0 < self.alpha < 1.0 or scoring.score_threshold(self.cal,
-                                                                      self.alpha) is None:
-                raise ScoreError(f"target_fpr {self.alpha:g}: the bundle has {cal.n} "
-                                 f"calibration scores, so the target must lie in "
-                                 f"[{scoring.min_alpha(cal.n):.3g}, 1)")
-        pre = self.manifest.preprocessing
-        self.pre = pre
+        self.threshold, self.target_fpr = threshold, target_fpr
+        self.loop = asyncio.new_event_loop()
+        self.engine: Any = None
+        try:
+            self.model = self.loop.run_until_complete(self._start(Path(bundle_dir)))
+        except BaseException:
+            self.close()
+            raise
+        pre = self.model.manifest.preprocessing
         self.columns = Columns(records=pre is not None,
                                features=[f.name for f in pre.features] if pre else
-                               list(self.manifest.data.feature_names),
-                               data_dim=self.manifest.data.dim)
+                               list(self.model.manifest.data.feature_names),
+                               data_dim=self.model.data_dim)
+
+    async def _start(self, bundle_dir: Path) -> Any:
+        from service.engine import Engine
+        from service.metrics import Metrics
+        from service.settings import Settings
+
+        if not (bundle_dir / B.MANIFEST).is_file():
+            raise ScoreError(f"{bundle_dir}: not a bundle directory (no {B.MANIFEST})")
+        # One caller, whole chunks: no batching delay, no row cap, no request deadline
+        # worth the name (a chunk may take long on a slow machine).
+        settings = Settings(models_dir=bundle_dir, log_level="WARNING", inference_workers=1,
+                            max_delay_ms=0, max_rows=10**9, request_timeout_s=24 * 3600.0)
+        self.engine = Engine(settings, Metrics())
+        await self.engine.load()
+        if not self.engine.registry.models:
+            reasons = "; ".join(self.engine.registry.failed.values()) or "nothing loaded"
+            raise ScoreError(f"{bundle_dir}: the bundle did not load: {reasons}")
+        return self.engine.resolve(None)
 
     def score(self, inputs: np.ndarray | None, records: list[dict[str, Any]] | None) -> Scores:
-        if records is not None:
-            assert self.pre is not None
-            x = self.pre.transform_records(records)  # RecordError names the row and field
-        else:
-            assert inputs is not None
-            if np.abs(inputs).max(initial=0.0) > np.finfo(np.float32).max:
-                raise ScoreError("a value exceeds the float32 range")
-            x = inputs.astype(np.float32)
-        e = self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0]  # (N,)
-        e = np.asarray(e, dtype=np.float32).reshape(-1)
-        if not np.isfinite(e).all():
-            raise ScoreError("the model's energy overflowed for some rows (values too large)")
-        p = scoring.conformal_pvalues(self.cal, e)
-        if self.alpha is not None:
-            flags = scoring.flag_by_pvalue(p, self.alpha)
-        else:
-            assert self.threshold is not None
-            flags = scoring.flag(e, self.threshold)
-        return Scores(e.astype(np.float64), p, scoring.percentile_rank(self.cal, e), flags)
+        from service.engine.errors import EngineError
+
+        async def run() -> Any:
+            rows = self.engine.rows(self.model, inputs, records)
+            return await self.engine.anomaly(self.model, rows, threshold=self.threshold,
+                                             target_fpr=self.target_fpr)
+
+        try:
+            a = self.loop.run_until_complete(run())
+        except EngineError as e:
+            raise ScoreError(f"{e.field}: {e.message}" if e.field else e.message) from None
+        return Scores(np.asarray(a.scores, dtype=np.float64), a.p_values, a.percentiles,
+                      a.flags)
+
+    def __enter__(self) -> BundleScorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the engine's threads."""
+        if self.engine is not None:
+            self.loop.run_until_complete(self.engine.close())
+            self.engine = None
+        self.loop.close()
 
 
 class ServerScorer:
-    """Through a running server's POST /anomaly (meg.client)."""
+    """Through a running server's POST /anomaly (meg.client), in requests of at most
+    `request_rows` rows whatever the chunk size (the server caps rows per request at
+    MEG_MAX_ROWS, 10000 by default)."""
 
     def __init__(self, client: Any, model: str, threshold: float | None = None,
-                 target_fpr: float | None = None):
+                 target_fpr: float | None = None, request_rows: int = 1000):
         self.client = client
+        self.request_rows = request_rows
         self.model = model
         self.threshold = threshold
         self.target_fpr = target_fpr
@@ -181,9 +198,20 @@ class ServerScorer:
                                data_dim=int(detail["data_dim"]))
 
     def score(self, inputs: np.ndarray | None, records: list[dict[str, Any]] | None) -> Scores:
-        a = self.client.anomaly(inputs=inputs, records=records, model=self.model,
-                                threshold=self.threshold, target_fpr=self.target_fpr)
-        return Scores(a.scores, a.p_values, a.percentiles, a.is_anomaly)
+        rows: Any = inputs if inputs is not None else records
+        parts = []
+        for start in range(0, len(rows), self.request_rows):
+            part = rows[start:start + self.request_rows]
+            try:
+                a = self.client.anomaly(
+                    inputs=part if inputs is not None else None,
+                    records=part if records is not None else None, model=self.model,
+                    threshold=self.threshold, target_fpr=self.target_fpr)
+            except MegClientError as e:
+                raise ScoreError(f"chunk rows from {start}: {e}") from e
+            parts.append(a)
+        return Scores(*(np.concatenate([getattr(a, k) for a in parts])
+                        for k in ("scores", "p_values", "percentiles", "is_anomaly")))
 
 
 # --------------------------------------------------------------------------- files

@@ -80,12 +80,12 @@ def test_parquet_records_through_server_and_bundle(tiny_models_dir: Path, tmp_pa
     sizes = [len(c) for c in read_chunks(src, 32)]
     assert sum(sizes) == 120 and max(sizes) <= 32 and len(sizes) >= 4  # never the whole file
 
-    server = ServerScorer(Client(http=app_client), "events", target_fpr=0.3)
+    server = ServerScorer(Client(http=app_client), "events", target_fpr=0.3, request_rows=25)
     via_server = tmp_path / "server.parquet"
     s1 = score_file(src, server, out=via_server, chunk_size=32, progress=False)
-    local = BundleScorer(tiny_models_dir / "events", target_fpr=0.3)
     via_bundle = tmp_path / "bundle.parquet"
-    s2 = score_file(src, local, out=via_bundle, chunk_size=50, progress=False)
+    with BundleScorer(tiny_models_dir / "events", target_fpr=0.3) as local:
+        s2 = score_file(src, local, out=via_bundle, chunk_size=50, progress=False)
     assert s1.rows == s2.rows == 120 and s1.flagged == s2.flagged
     a, b = pd.read_parquet(via_server), pd.read_parquet(via_bundle)
     np.testing.assert_allclose(a["score"], b["score"], rtol=1e-5)
@@ -115,9 +115,9 @@ def test_url_against_a_live_server(tiny_models_dir: Path, tmp_path: Path,
         assert main(["score", str(src), "--url", url, "--model", "toy", "--api-key", "k",
                      "--chunk-size", "8", "--quiet", "--target-fpr", "0.2"]) == 0
         out = pd.read_csv(io.StringIO(capsys.readouterr().out))
-        local = BundleScorer(models / "toy", target_fpr=0.2)
         x = pd.read_csv(src).drop(columns="id").to_numpy()
-        np.testing.assert_allclose(out["score"], local.score(x, None).score, rtol=1e-5)
+        with BundleScorer(models / "toy", target_fpr=0.2) as local:
+            np.testing.assert_allclose(out["score"], local.score(x, None).score, rtol=1e-5)
         # Errors name the cause: wrong key, unknown model.
         assert main(["score", str(src), "--url", url, "--model", "toy", "--quiet"]) == 2
         assert "401" in capsys.readouterr().err
