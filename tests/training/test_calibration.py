@@ -64,3 +64,9 @@ def test_calibrated_metrics_are_the_service_rule() -> None:
         # fresh normal rows: within binomial spread of alpha (calibration and test draws)
         assert m[f"fpr@{alpha:g}"] <= alpha + 4 * np.sqrt(alpha * (1 - alpha) * (1 / 2000 + 1 / 400))
     assert m["n_calibration"] == 400 and "f1" in m and "auroc" in m
+
+
+def test_nids_recipe_trains_on_normal_traffic() -> None:
+    cfg = load_recipe("nids")
+    assert cfg.data.source == "nids" and cfg.calibrate.target_fpr == 0.01
+    assert load_recipe("kddcup99").data.source == "kddcup99"  # the paper's protocol stays
