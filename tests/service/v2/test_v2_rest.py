@@ -173,6 +173,13 @@ def test_errors(tc: th.InferenceServerClient, live_server: LiveServer) -> None:
                 **{"Inference-Header-Content-Length": str(len(header) + 2)}),
            post(b'{"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", '
                 b'"data": [' + b",".join([b"0"] * 64) + b']}], "outputs": [{"name": "q"}]}')]
+    sample = f"http://{live_server.http_url}/v2/models/toy.sample/infer"
+    for data in (b"[1.5]", b'["3"]', b"[true]", b"[18446744073709551616]"):
+        bad.append(httpx.post(sample, content=b'{"inputs": [{"name": "n", "shape": [1], '
+                              b'"datatype": "INT64", "data": ' + data + b"}]}",
+                              headers=AUTH, timeout=10))
+    bad.append(post(b'{"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", '
+                    b'"data": [' + b",".join([b'"0"'] * 64) + b"]}]}"))
     for r in bad:
         assert r.status_code == 400, r.text
         assert isinstance(r.json()["error"], str)
