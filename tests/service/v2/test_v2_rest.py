@@ -137,6 +137,12 @@ def test_sample_and_generate_match_native(tc: th.InferenceServerClient,
     np.testing.assert_array_equal(z, np.asarray(native["latent"], dtype=np.float32))
     # generate(z) is the generator alone: the same rows again.
     np.testing.assert_array_equal(_infer(tc, "toy.generate", {"z": z}, binary).as_numpy("x"), x)
+    # Latent MALA first (request parameter mcmc_steps): the native answer with mcmc.steps.
+    mala = _infer(tc, "toy.sample", args, binary, parameters={"mcmc_steps": 5})
+    ref = live_server.native.post("/sample", json={"model": "toy", "n": 5, "seed": 123,
+                                                   "mcmc": {"steps": 5}}).json()
+    np.testing.assert_array_equal(mala.as_numpy("x"), np.asarray(ref["samples"], np.float32))
+    assert not np.array_equal(mala.as_numpy("x"), x)
     # No seed: a random one, reported so the draw can be repeated.
     again = _infer(tc, "toy.sample", {"n": args["n"]}, binary)
     assert isinstance(again.get_response()["parameters"]["seed"], int)
