@@ -127,8 +127,8 @@ def encode_response(result: core.InferResult, request: Any) -> Any:
         if t is None:
             raise _bad(f"model {result.model.name!r} has no output {name!r} (outputs: "
                        f"{', '.join(s.name for s in result.model.outputs)})", name)
-        out = resp.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.data.shape))
-        del out  # only metadata: the data goes raw
+        # Metadata only: the data goes in raw_output_contents, in the same order.
+        resp.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.data.shape))
         resp.raw_output_contents.append(
             t.data.astype(t.data.dtype.newbyteorder("<"), copy=False).tobytes())
     for k, v in result.parameters.items():
