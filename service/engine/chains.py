@@ -74,16 +74,13 @@ class _Run:
     spec: ChainSpec
     future: concurrent.futures.Future[ChainResult]
     abandoned: bool = False
-    # Set when the run joins the batch:
+    # Set when the run joins the batch (its chains then live in the loop's batch tensors):
     rng: torch.Generator = field(default_factory=torch.Generator)
-    z: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (n, d)
-    u: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (n,)
-    g: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (n, d)
+    z: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (n, d) z0
     eps: float = 0.0
     log_eps: float = 0.0
     t: int = 0
     burn_in: int = 0
-    accepted: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (n,)
     counted: int = 0
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -127,6 +124,19 @@ def _log_q(to: torch.Tensor, frm: torch.Tensor, grad_frm: torch.Tensor, eps_col:
 class ChainLoop:
     """The batched MALA loop of one model. `submit` is thread-safe and never blocks."""
 
+    # The batch (see _reset_batch): the step's input (_batch_*) and output tensors.
+    _z: torch.Tensor
+    _u: torch.Tensor
+    _g: torch.Tensor
+    _acc: torch.Tensor
+    _batch_z: torch.Tensor
+    _batch_u: torch.Tensor
+    _batch_g: torch.Tensor
+    _batch_acc: torch.Tensor
+    _eps_col: torch.Tensor
+    _noise_scale: torch.Tensor
+    _four_eps: torch.Tensor
+
     def __init__(self, name: str, generator: Net, energy: Net, latent_dim: int,
                  device: torch.device, *, max_chains: int, max_requests: int,
                  on_step: Callable[[int, float], None] | None = None):
@@ -143,6 +153,8 @@ class ChainLoop:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._step_s = 0.01  # running mean of one step's time: the Retry-After estimate
+        self._u_fn: Callable[[torch.Tensor], torch.Tensor] = lambda z: z.sum(dim=1)
+        self._reset_batch()
         self.steps_run = 0  # batched steps taken (for tests and benchmarks)
 
     # ------------------------------------------------------------------ requests
@@ -208,8 +220,9 @@ class ChainLoop:
             except Exception as e:  # a failing step fails every request in it, not the loop
                 log.exception("MALA step failed (%s)", self.name)
                 with self._cond:
-                    failed = self._active + joining
+                    failed = self._active + [r for r in joining if r not in self._active]
                     self._active = []
+                self._reset_batch()
                 for r in failed:
                     _fail(r, e)
 
@@ -234,13 +247,19 @@ class ChainLoop:
         self._pending = keep
         return joining
 
-    def _energy(self, runs: list[_Run]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _columns(self, runs: list[_Run]) -> None:
+        """Per-row copies of each run's settings, rebuilt when the batch or a step size
+        changes: eps (B, 1), sqrt(2 eps) (B, 1), 4 eps (B,) and the latent energy."""
         counts = torch.tensor([r.spec.n for r in runs], device=self.device)
-        like = torch.empty(0, device=self.device)
+        like = self._z
+        self._eps_col = _per_row([r.eps for r in runs], counts, like)[:, None]
+        self._noise_scale = _per_row([math.sqrt(2.0 * r.eps) for r in runs], counts, like)[:, None]
+        self._four_eps = _per_row([4.0 * r.eps for r in runs], counts, like)
         temp = _per_row([r.spec.temperature for r in runs], counts, like)
         prior = torch.tensor([r.spec.prior for r in runs], device=self.device
                              ).repeat_interleave(counts)
-        return batched_latent_energy(self.generator, self.energy, temp, prior)
+        self._u_fn = batched_latent_energy(self.generator, self.energy, temp, prior)
+        self._stale = False
 
     def _join(self, runs: list[_Run]) -> None:
         for r in runs:
@@ -250,54 +269,78 @@ class ChainLoop:
             r.eps = float(s.step_size)
             r.log_eps = math.log(r.eps)
             r.burn_in = s.steps // 2 if s.adapt else 0
-            r.accepted = torch.zeros(s.n, device=self.device)
-        z0 = torch.cat([r.z for r in runs])
-        u, g = energy_and_grad(self._energy(runs), z0)
-        start = 0
-        for r in runs:
-            end = start + r.spec.n
-            r.u, r.g = u[start:end], g[start:end]
-            start = end
+        z0 = torch.cat([r.z for r in runs])  # (J, d)
+        self._z = z0  # _columns takes dtype and device from it
+        self._columns(runs)
+        u0, g0 = energy_and_grad(self._u_fn, z0)
+        # The joiners go after the runs already in the batch.
+        self._z = torch.cat([self._batch_z, z0])
+        self._u = torch.cat([self._batch_u, u0])
+        self._g = torch.cat([self._batch_g, g0])
+        self._acc = torch.cat([self._batch_acc, torch.zeros(len(z0), device=self.device)])
         with self._cond:
             self._active.extend(runs)
+        self._stale = True
+        self._keep_batch()
         self._finish_done()
+
+    def _reset_batch(self) -> None:
+        """The batch (loop thread only): the rows of the active runs in their order, and
+        per-row settings (see _columns)."""
+        empty = torch.zeros(0, device=self.device)
+        self._z = self._batch_z = torch.zeros((0, self.latent_dim), device=self.device)  # (B, d)
+        self._g = self._batch_g = torch.zeros((0, self.latent_dim), device=self.device)  # (B, d)
+        self._u = self._batch_u = empty  # (B,)
+        self._acc = self._batch_acc = empty  # (B,) accepted proposals after burn-in
+        self._eps_col = self._noise_scale = self._four_eps = empty
+        self._stale = True
+
+    def _keep_batch(self) -> None:
+        self._batch_z, self._batch_u, self._batch_g = self._z, self._u, self._g
+        self._batch_acc = self._acc
 
     def _step(self) -> None:
         t0 = time.perf_counter()
-        runs = list(self._active)
-        z = torch.cat([r.z for r in runs])  # (B, d)
-        u = torch.cat([r.u for r in runs])  # (B,)
-        g = torch.cat([r.g for r in runs])  # (B, d)
-        counts = torch.tensor([r.spec.n for r in runs], device=self.device)
-        eps_col = _per_row([r.eps for r in runs], counts, z)[:, None]  # (B, 1)
-        noise_scale = _per_row([math.sqrt(2.0 * r.eps) for r in runs], counts, z)[:, None]
-        four_eps = _per_row([4.0 * r.eps for r in runs], counts, z)  # (B,)
-        noise = torch.cat([torch.randn(r.z.shape, generator=r.rng, device=z.device,
-                                       dtype=z.dtype) for r in runs])
-        prop = z - eps_col * g + noise_scale * noise  # (B, d)
-        u_p, g_p = energy_and_grad(self._energy(runs), prop)
-        log_alpha = (u - u_p) + _log_q(z, prop, g_p, eps_col, four_eps) \
-            - _log_q(prop, z, g, eps_col, four_eps)  # (B,)
+        runs = self._active
+        if self._stale:
+            self._columns(runs)
+        z, u, g = self._batch_z, self._batch_u, self._batch_g  # (B, d), (B,), (B, d)
+        noise = torch.cat([torch.randn((r.spec.n, self.latent_dim), generator=r.rng,
+                                       device=z.device, dtype=z.dtype) for r in runs])
+        prop = z - self._eps_col * g + self._noise_scale * noise  # (B, d)
+        u_p, g_p = energy_and_grad(self._u_fn, prop)
+        log_alpha = (u - u_p) + _log_q(z, prop, g_p, self._eps_col, self._four_eps) \
+            - _log_q(prop, z, g, self._eps_col, self._four_eps)  # (B,)
         log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf)
         uniform = torch.cat([torch.rand(r.spec.n, generator=r.rng, device=z.device, dtype=z.dtype)
                              for r in runs])
         accept = torch.log(uniform) < log_alpha  # (B,)
-        z = torch.where(accept[:, None], prop, z)
-        u = torch.where(accept, u_p, u)
-        g = torch.where(accept[:, None], g_p, g)
-        start = 0
+        self._z = torch.where(accept[:, None], prop, z)
+        self._u = torch.where(accept, u_p, u)
+        self._g = torch.where(accept[:, None], g_p, g)
+        # meg.mala.mala's rule per run: adapt during its own burn-in, count acceptance after.
+        burning = [r for r in runs if r.spec.adapt and r.t < r.burn_in]
+        gained = self._batch_acc + accept.to(self._batch_acc.dtype)
+        if not burning:
+            self._acc = gained
+        else:
+            counting = torch.cat([torch.full((r.spec.n,), not (r.spec.adapt and r.t < r.burn_in),
+                                             device=z.device) for r in runs])
+            self._acc = torch.where(counting, gained, self._batch_acc)
+            start = 0
+            for r in runs:
+                end = start + r.spec.n
+                if r.spec.adapt and r.t < r.burn_in:
+                    alpha_mean = log_alpha[start:end].clamp(max=0.0).exp().mean().item()
+                    r.log_eps += (alpha_mean - TARGET_ACCEPTANCE) / math.sqrt(r.t + 1.0)
+                    r.eps = math.exp(r.log_eps)
+                start = end
+            self._stale = True
         for r in runs:
-            end = start + r.spec.n
-            r.z, r.u, r.g = z[start:end], u[start:end], g[start:end]
-            if r.spec.adapt and r.t < r.burn_in:  # meg.mala.mala's rule, on this run's chains
-                alpha_mean = log_alpha[start:end].clamp(max=0.0).exp().mean().item()
-                r.log_eps += (alpha_mean - TARGET_ACCEPTANCE) / math.sqrt(r.t + 1.0)
-                r.eps = math.exp(r.log_eps)
-            else:
-                r.accepted = r.accepted + accept[start:end].to(r.accepted.dtype)
+            if not (r.spec.adapt and r.t < r.burn_in):
                 r.counted += 1
             r.t += 1
-            start = end
+        self._keep_batch()
         self.steps_run += 1
         dt = time.perf_counter() - t0
         self._step_s += 0.05 * (dt - self._step_s)
@@ -306,19 +349,33 @@ class ChainLoop:
         self._finish_done()
 
     def _finish_done(self) -> None:
-        """Hand finished runs their answer; drop abandoned and expired ones."""
+        """Hand finished runs their answer; drop abandoned and expired ones; close the
+        batch over the rows that stay."""
         now = time.monotonic()
         stay: list[_Run] = []
+        keep: list[torch.Tensor] = []
+        start = 0
         for r in self._active:
+            end = start + r.spec.n
             if r.abandoned:
-                continue
-            if r.t >= r.spec.steps:
-                acc = r.accepted / max(r.counted, 1)
-                _succeed(r, ChainResult(r.z.cpu().numpy(), acc.cpu().numpy(), float(r.eps)))
+                pass
+            elif r.t >= r.spec.steps:
+                acc = self._batch_acc[start:end] / max(r.counted, 1)
+                _succeed(r, ChainResult(self._batch_z[start:end].cpu().numpy(),
+                                        acc.cpu().numpy(), float(r.eps)))
             elif r.spec.deadline is not None and now >= r.spec.deadline:
                 _fail(r, DeadlineExceeded("MCMC"))
             else:
                 stay.append(r)
+                keep.append(torch.arange(start, end, device=self.device))
+            start = end
+        if len(stay) != len(self._active):
+            rows = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long,
+                                                            device=self.device)
+            self._z, self._u = self._batch_z[rows], self._batch_u[rows]
+            self._g, self._acc = self._batch_g[rows], self._batch_acc[rows]
+            self._keep_batch()
+            self._stale = True
         with self._cond:
             self._active = stay
 
