@@ -36,6 +36,7 @@ import numpy as np
 
 from meg.networks import Architecture, ArchitectureError
 from meg.preprocessing import Preprocessing
+from meg.support import SupportSpec
 
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
@@ -160,9 +161,12 @@ class Manifest:
     architecture: Architecture  # how meg.networks rebuilds G, E and Enc for the weights
     preprocessing: Preprocessing | None = None
     schema_version: int = SCHEMA_VERSION
+    # meg.support: the reference rows' file and the support scores' calibration (optional:
+    # bundles without it serve the energy score only)
+    support: SupportSpec | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema_version": self.schema_version,
             "name": self.name,
             "version": self.version,
@@ -177,6 +181,9 @@ class Manifest:
             "calibration": self.calibration.to_json(),
             "files": self.files,
         }
+        if self.support is not None:
+            out["support"] = self.support.to_json()
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Manifest:
@@ -195,6 +202,7 @@ class Manifest:
             metrics=d.get("metrics", {}),
             calibration=Calibration.from_json(d["calibration"]),
             files=dict(d["files"]),
+            support=SupportSpec.from_json(d["support"]) if d.get("support") else None,
         )
 
 
@@ -299,7 +307,7 @@ def read_manifest(bundle_dir: Path, verify: bool = True, key: bytes | None = Non
                           f"from data.shape {manifest.data.shape}")
     if manifest.data.kind not in DATA_KINDS:
         raise BundleError(f"{path}: data.kind {manifest.data.kind!r} not one of {DATA_KINDS}")
-    for name in REQUIRED_FILES:
+    for name in REQUIRED_FILES + ((manifest.support.reference,) if manifest.support else ()):
         if name not in manifest.files:
             raise BundleError(f"{path}: manifest lists no checksum for {name}")
     if verify:

@@ -36,6 +36,9 @@ from typing import Any
 import numpy as np
 
 VARIANTS = ("energy", "knn", "energy+knn")
+# The score a bundle serves by default: chosen by measurement (docs/benchmarks.md,
+# "ADBench" and "KDDCUP99" sections; bench/adbench.py, bench/kdd.py).
+DEFAULT_SCORE = "energy+knn"
 REFERENCE_CAP = 20_000
 TAIL_SHARE = 0.1  # share of calibration scores whose mean excess sets the tail scale
 TAIL_MIN = 5  # ... and at least this many

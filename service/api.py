@@ -40,7 +40,9 @@ from service.schemas import (
 )
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
+    # hop per request for a getattr (bench/profile_energy.py measures it).
     return request.app.state.engine
 
 
@@ -128,8 +130,8 @@ async def score_energy(body: EnergyRequest, request: Request, engine: EngineDep)
           summary="Score and flag anomalies")
 async def detect_anomalies(body: AnomalyRequest, request: Request,
                            engine: EngineDep) -> dict[str, Any]:
-    """score = energy; p_value = conformal p-value against the bundle's calibration scores
-    (held-out normal rows); flagged when p_value <= target_fpr (default the bundle's), so
+    """score = `score` (energy, knn or energy+knn; default: the bundle's); p_value =
+    conformal p-value against that score's calibration scores (held-out normal rows); flagged when p_value <= target_fpr (default the bundle's), so
     at most a share target_fpr of normal rows is flagged; or, given `threshold`, when
     score >= threshold. Records with a category training never saw are scored (all-zero
     one-hot block) and list the feature in `unseen`, unless `unknown_category` is
@@ -138,7 +140,7 @@ async def detect_anomalies(body: AnomalyRequest, request: Request,
     model = _use(request, engine, body.model)
     rows = engine.rows(model, body.inputs, body.records, body.unknown_category)
     res = await engine.anomaly(model, rows, body.threshold, body.target_fpr, body.explain,
-                               body.top_k)
+                               body.top_k, score=body.score)
     assert res.p_values is not None
     results: list[dict[str, Any]] = [
         {"score": float(s), "p_value": float(pv), "percentile": float(p), "is_anomaly": bool(f)}
@@ -206,6 +208,7 @@ async def get_model(name: str, request: Request, engine: EngineDep) -> dict[str,
             min_target_fpr=scoring.min_alpha(cal.n),
             default_threshold=default_threshold,
             percentiles=pcts),
+        "scores": model.scores, "default_score": model.default_score,
         "recipe": man.recipe, "created": man.created, "path": str(model.path),
     }
 

@@ -138,6 +138,10 @@ class AnomalyRequest(_Rows):
         "default: the bundle's policy")] = None
     explain: StrictBool = Field(False, description="add the features with the largest |dE/dx|")
     top_k: Annotated[int, Field(strict=True, ge=1, le=1000)] = 5
+    score: Literal["energy", "knn", "energy+knn"] | None = Field(
+        None, description="the score: energy E(x); knn, the distance to the nearest distinct "
+        "training row; energy+knn, both combined (meg/support.py); default: the bundle's "
+        "default score (its manifest's support.default_score, else energy)")
 
     @model_validator(mode="after")
     def _threshold_or_target_fpr(self) -> AnomalyRequest:
@@ -174,7 +178,8 @@ class AnomalyResponse(BaseModel):
 
     model: str
     version: str
-    score: str = Field(description='which score the results hold: "energy"')
+    score: str = Field(description='which score the results hold: "energy", "knn" or '
+                       '"energy+knn"')
     target_fpr: float | None = Field(
         None, description="the α rows were flagged at (p_value <= α); absent when an explicit "
         "threshold was given")
@@ -227,6 +232,8 @@ class ModelDetail(ModelSummary):
     value_range: list[float] | None = None
     metrics: dict[str, Any]
     calibration: CalibrationSummary
+    scores: list[str] = Field(["energy"], description="the scores /anomaly can use")
+    default_score: str = Field("energy", description="the score /anomaly uses by default")
     recipe: str
     created: str
     path: str

@@ -19,6 +19,7 @@ from torch import nn
 from meg import bundle as B
 from meg.networks import bundle_state
 from meg.render import preview_png
+from meg.support import DEFAULT_SCORE, SupportSpec, build_spec, save_reference
 from training.config import CalibrateConfig
 from training.data import Dataset, check_calibration_size
 from training.model import MEG
@@ -120,6 +121,21 @@ def calibrate(energy_onnx: Path, dataset: Dataset, config: dict[str, Any]) -> B.
     return B.Calibration.from_scores(scores, target, score="energy", source=source)
 
 
+def support_entry(d: Path, energy_onnx: Path, dataset: Dataset) -> SupportSpec | None:
+    """meg.support's reference rows (written into `d`) and the manifest's support entry,
+    for tabular and point data: the training rows, deduplicated and capped, are the
+    reference; the calibration rows (`val`) are halved between the combination's ECDFs
+    and the support scores' own calibration. Image bundles get none (a reference of
+    image rows would outweigh the networks, and pixel distance is a poor support)."""
+    if dataset.spec.kind == "image" or len(dataset.val) < 2:
+        return None
+    spec, reference = build_spec(dataset.train, dataset.val,
+                                 lambda x: onnx_scores(energy_onnx, x),
+                                 default_score=DEFAULT_SCORE)
+    save_reference(d / spec.reference, reference)
+    return spec
+
+
 def _write(meg: MEG, config: dict[str, Any], dataset: Dataset, metrics: dict[str, Any],
            d: Path, name: str, seed: int) -> B.Manifest:
     gen = copy.deepcopy(meg.generator).cpu().eval()
@@ -140,6 +156,7 @@ def _write(meg: MEG, config: dict[str, Any], dataset: Dataset, metrics: dict[str
     _export_weights(meg, d / B.WEIGHTS)
 
     calibration = calibrate(d / B.ENERGY_ONNX, dataset, config)
+    support = support_entry(d, d / B.ENERGY_ONNX, dataset)
     with torch.no_grad():
         z = torch.randn(256, latent_dim, generator=torch.Generator().manual_seed(seed))
         samples = gen(z).numpy()
@@ -164,6 +181,7 @@ def _write(meg: MEG, config: dict[str, Any], dataset: Dataset, metrics: dict[str
         metrics={**metrics, "onnx_max_abs_error": max(onnx_error.values())},
         calibration=calibration,
         files=files,
+        support=support,
     )
     # Signed when the operator's key is set (MEG_BUNDLE_KEY): a server holding the same
     # key then refuses any manifest changed after export, including any file's sha256.

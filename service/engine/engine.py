@@ -367,13 +367,18 @@ class Engine:
 
     async def anomaly(self, model: LoadedModel, rows: Rows, threshold: float | None = None,
                       target_fpr: float | None = None, explain: bool = False,
-                      top_k: int = 5) -> Anomalies:
+                      top_k: int = 5, score: str | None = None) -> Anomalies:
         """Scores, conformal p-values against the bundle's calibration scores, percentiles
         and flags: p <= target_fpr (default the bundle's), or score >= an explicit
         `threshold` (meg/scoring.py holds both rules); optional explanations from the torch
-        gradient of the energy."""
+        gradient of the energy. `score`: "energy", "knn" or "energy+knn" (meg/support.py;
+        default: the bundle's default score)."""
         deadline = self.deadline()
-        cal = model.manifest.calibration
+        score = model.default_score if score is None else score
+        cal = model.calibration(score)
+        if cal is None:
+            raise InvalidInput("score_unavailable", f"score {score!r}: model {model.name!r} "
+                               f"serves {', '.join(model.scores)}", "score")
         if threshold is not None and target_fpr is not None:
             raise InvalidInput("threshold_and_target_fpr",
                                "give at most one of 'threshold' or 'target_fpr'", "target_fpr")
@@ -389,6 +394,11 @@ class Engine:
                     "target_fpr")
             threshold = boundary
         scores = _finite(await self.infer(model, "energy", rows.x, deadline), "energy")
+        if score != "energy":
+            assert model.support is not None  # model.calibration(score) said it is bundled
+            scores = await self.blocking(model.support.score, score, scores, rows.x,
+                                         deadline=deadline, model=model.name, op="knn",
+                                         backend="numpy")
         p_values = scoring.conformal_pvalues(cal.array, scores)
         flags = (scoring.flag(scores, threshold) if alpha is None
                  else scoring.flag_by_pvalue(p_values, alpha))

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from meg import bundle as B
 from meg.mala import sample_latent
 from meg.networks import build_bundled
+from meg.support import SupportModel, load_reference
 from meg.threads import auto_threads
 from service.engine.errors import DeadlineExceeded
 from service.metrics import Metrics
@@ -85,6 +86,27 @@ class LoadedModel:
     generator_pt: Any  # torch nn.Module, eval, frozen: z (B, latent) -> x (B, data_dim)
     energy_pt: Any  # torch nn.Module, eval, frozen: x (B, data_dim) -> energy (B,)
     loaded_at: float = field(default_factory=time.time)
+    support: SupportModel | None = None  # meg.support: the support scores, when bundled
+    # score name -> calibration of the support scores (the energy's is the manifest's)
+    support_calibrations: dict[str, B.Calibration] = field(default_factory=dict)
+
+    @property
+    def default_score(self) -> str:
+        """The score /anomaly uses when a request names none."""
+        spec = self.manifest.support
+        return spec.default_score if spec is not None and self.support is not None else "energy"
+
+    @property
+    def scores(self) -> list[str]:
+        """The scores /anomaly can use with this model."""
+        return ["energy", *self.support_calibrations] if self.support is not None else ["energy"]
+
+    def calibration(self, score: str) -> B.Calibration | None:
+        """The calibration (held-out normal scores) of `score`; None when the bundle has
+        no such score. The support scores share the energy's default target_fpr."""
+        if score == "energy":
+            return self.manifest.calibration
+        return self.support_calibrations.get(score) if self.support is not None else None
 
     @property
     def version(self) -> str:
@@ -211,6 +233,33 @@ def load_torch_networks(path: Path, manifest: B.Manifest,
     return modules[0], modules[1]
 
 
+def support_calibrations(manifest: B.Manifest) -> dict[str, B.Calibration]:
+    """Each support score's Calibration (its held-out scores; the energy's target_fpr)."""
+    spec = manifest.support
+    if spec is None:
+        return {}
+    try:
+        return {score: B.Calibration(sorted(values), manifest.calibration.target_fpr,
+                                     score=score,
+                                     source="the second half of the held-out calibration rows "
+                                            "(the first half fits the support ECDFs)")
+                for score, values in spec.calibration.items()}
+    except ValueError as e:
+        raise B.BundleError(f"{manifest.name}: support calibration: {e}") from e
+
+
+def load_support(path: Path, manifest: B.Manifest) -> SupportModel | None:
+    """The bundle's support scores (meg.support), or None when it has none. The reference
+    rows are read as a plain float32 .npy, never unpickled; BundleError names the file."""
+    spec = manifest.support
+    if spec is None:
+        return None
+    try:
+        return spec.model(load_reference(path / spec.reference, manifest.data.dim))
+    except ValueError as e:
+        raise B.BundleError(f"{path / spec.reference}: {e}") from e
+
+
 def load_model(path: Path, settings: Settings, name: str | None = None) -> LoadedModel:
     """Verify the manifest and checksums, open the ONNX sessions, rebuild the torch networks
     from the declared architecture and the safetensors weights, warm everything up. Raises
@@ -231,7 +280,9 @@ def load_model(path: Path, settings: Settings, name: str | None = None) -> Loade
             raise B.BundleError(f"{path / fname}: cannot load ONNX model ({e})") from e
         _check_onnx_dims(path, op, sessions[op], manifest)
     model = LoadedModel(name=name or path.name, path=path, manifest=manifest, sessions=sessions,
-                        torch_device=device, generator_pt=generator, energy_pt=energy)
+                        torch_device=device, generator_pt=generator, energy_pt=energy,
+                        support=load_support(path, manifest),
+                        support_calibrations=support_calibrations(manifest))
     model.warm_up()
     return model
 

@@ -21,7 +21,7 @@ def test_pvalues_follow_the_calibration_scores(client: TestClient) -> None:
     cal = _calibration(client, "toy").array
     x = np.random.default_rng(0).uniform(-2, 2, size=(64, 2))
     body = client.post("/anomaly", json={"model": "toy", "inputs": x.tolist(),
-                                         "target_fpr": 0.1}).json()
+                                         "target_fpr": 0.1, "score": "energy"}).json()
     scores = np.array([r["score"] for r in body["results"]])
     p = np.array([r["p_value"] for r in body["results"]])
     at_least = (cal[None, :] >= scores[:, None] - 1e-5 * np.maximum(1, np.abs(scores))[:, None])
@@ -32,7 +32,7 @@ def test_pvalues_follow_the_calibration_scores(client: TestClient) -> None:
     assert flags.any() and not flags.all()
     # a looser target flags a superset
     loose = client.post("/anomaly", json={"model": "toy", "inputs": x.tolist(),
-                                          "target_fpr": 0.5}).json()
+                                          "target_fpr": 0.5, "score": "energy"}).json()
     loose_flags = np.array([r["is_anomaly"] for r in loose["results"]])
     assert (loose_flags >= flags).all() and loose_flags.sum() > flags.sum()
 
