@@ -195,3 +195,15 @@ def test_load_reference_refuses_anything_but_plain_float32_rows(tmp_path: Path) 
         load_reference(tmp_path / "f32.npy", 5)
     with pytest.raises(ValueError, match="plain"):
         SupportSpec("../x.npy", 1, [0.0], 1.0, [0.0], 1.0, {})
+
+
+def test_support_model_distance_with_reference_rows_among_the_queries() -> None:
+    # Rows equal to a reference row skip the search (distance 0); the rest are searched.
+    rng = np.random.default_rng(9)
+    train = rng.normal(size=(400, 5)).astype(np.float32)
+    held = rng.normal(size=(60, 5)).astype(np.float32)
+    model = fit_support(train, held, held.sum(1))
+    x = np.concatenate([train[::9], rng.normal(size=(30, 5)).astype(np.float32), -train[:3]])
+    np.testing.assert_allclose(model.distance(x), brute_force(model.reference, x, 1),
+                               rtol=1e-9, atol=1e-12)
+    assert np.all(model.distance(train[::9]) == 0.0)
