@@ -57,7 +57,7 @@ def test_a_run_dir_with_a_checkpoint_needs_resume(tmp_path, capsys):
             "--set", "model.g_hidden=[8]", "--set", "model.e_hidden=[8]",
             "--set", "model.enc_hidden=[8]"]
     assert main(argv) == 0
-    capsys.readouterr()
+    assert "8gaussians: threads: 1 (requested)" in capsys.readouterr().err
     assert main(argv) == 2
     assert "already holds checkpoint.pt: pass --resume" in capsys.readouterr().err
     assert main(argv + ["--resume", "--set", "train.steps=3"]) == 0
