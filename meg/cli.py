@@ -101,7 +101,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         key = args.api_key or os.environ.get("MEG_API_KEY")
         try:
             with Client(args.url, api_key=key) as client:
-                scorer = ServerScorer(client, args.model, args.threshold, args.target_fpr)
+                scorer = ServerScorer(client, args.model, args.threshold, args.target_fpr,
+                                      score=args.score)
                 summary = score_file(src, scorer, **opts)
         except MegClientError as e:
             raise ScoreError(str(e)) from None
@@ -109,8 +110,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         bundle = Path(args.bundle)
         if not (bundle / MANIFEST).exists() and args.model:
             bundle = bundle / args.model  # --bundle MODELS_DIR --model NAME
-        with BundleScorer(bundle, args.threshold, args.target_fpr) as scorer:
-            summary = score_file(src, scorer, **opts)
+        with BundleScorer(bundle, args.threshold, args.target_fpr, args.score) as local:
+            summary = score_file(src, local, **opts)
     print(f"meg score: {summary.rows} rows, {summary.flagged} flagged"
           + (f" -> {out}" if out else ""), file=sys.stderr)
     return 0
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag.add_argument("--target-fpr", type=float, help="flag p_value <= this (default: the "
                       "bundle's target false-positive rate)")
     flag.add_argument("--threshold", type=float, help="flag score >= this instead")
+    sc.add_argument("--score", choices=["energy", "knn", "energy+knn"],
+                    help="which score (default: the bundle's default score)")
     sc.add_argument("--api-key", help="API key for --url (default $MEG_API_KEY)")
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
     sc.set_defaults(fn=_cmd_score)

@@ -81,6 +81,7 @@ class Latents:
 class Anomalies:
     model: str
     version: str
+    score: str  # which score: "energy", "knn" or "energy+knn"
     threshold: float  # the score boundary rows were flagged at
     target_fpr: float | None  # the α of p-value flagging (None: explicit threshold)
     scores: np.ndarray  # (N,) float64, higher = more anomalous
@@ -123,8 +124,10 @@ def _sample_body(n: int, model: str | None, seed: int | None, mcmc: dict[str, An
 
 def _anomaly_body(inputs: Rows | None, records: Records | None, model: str | None,
                   threshold: float | None, target_fpr: float | None, explain: bool,
-                  top_k: int) -> dict[str, Any]:
+                  top_k: int, score: str | None) -> dict[str, Any]:
     body = _rows_body(inputs, records, model)
+    if score is not None:
+        body["score"] = score
     if threshold is not None:
         body["threshold"] = threshold
     if target_fpr is not None:
@@ -177,7 +180,8 @@ def _anomalies(d: dict[str, Any]) -> Anomalies:
     expl = [r.get("explanation", []) for r in rows] if any("explanation" in r
                                                            for r in rows) else None
     return Anomalies(
-        d["model"], d["version"], float(d["threshold"]), d.get("target_fpr"),
+        d["model"], d["version"], str(d.get("score", "energy")), float(d["threshold"]),
+        d.get("target_fpr"),
         np.array([r["score"] for r in rows], dtype=np.float64),
         np.array([r.get("p_value", np.nan) for r in rows], dtype=np.float64),
         np.array([r["percentile"] for r in rows], dtype=np.float64),
@@ -246,10 +250,11 @@ class Client:
     def anomaly(self, inputs: Rows | None = None, records: Records | None = None,
                 model: str | None = None, threshold: float | None = None,
                 target_fpr: float | None = None, explain: bool = False,
-                top_k: int = 5) -> Anomalies:
-        """Scores, p-values and flags per row (POST /anomaly)."""
+                top_k: int = 5, score: str | None = None) -> Anomalies:
+        """Scores, p-values and flags per row (POST /anomaly); `score` picks energy, knn or
+        energy+knn (default: the bundle's)."""
         return _anomalies(self._call("POST", "/anomaly", _anomaly_body(
-            inputs, records, model, threshold, target_fpr, explain, top_k)))
+            inputs, records, model, threshold, target_fpr, explain, top_k, score)))
 
     def models(self) -> dict[str, Any]:
         """GET /models: {"default", "models": [...], "failed": {...}}."""
@@ -309,9 +314,9 @@ class AsyncClient:
     async def anomaly(self, inputs: Rows | None = None, records: Records | None = None,
                       model: str | None = None, threshold: float | None = None,
                       target_fpr: float | None = None, explain: bool = False,
-                      top_k: int = 5) -> Anomalies:
+                      top_k: int = 5, score: str | None = None) -> Anomalies:
         return _anomalies(await self._call("POST", "/anomaly", _anomaly_body(
-            inputs, records, model, threshold, target_fpr, explain, top_k)))
+            inputs, records, model, threshold, target_fpr, explain, top_k, score)))
 
     async def models(self) -> dict[str, Any]:
         return dict(await self._call("GET", "/models"))

@@ -112,12 +112,12 @@ class BundleScorer:
     the bundle's, or score >= an explicit threshold). No HTTP, no training code."""
 
     def __init__(self, bundle_dir: Path, threshold: float | None = None,
-                 target_fpr: float | None = None):
+                 target_fpr: float | None = None, score: str | None = None):
         import asyncio
 
         if threshold is not None and target_fpr is not None:
             raise ScoreError("give at most one of --threshold or --target-fpr")
-        self.threshold, self.target_fpr = threshold, target_fpr
+        self.threshold, self.target_fpr, self.score_name = threshold, target_fpr, score
         self.loop = asyncio.new_event_loop()
         self.engine: Any = None
         try:
@@ -155,7 +155,7 @@ class BundleScorer:
         async def run() -> Any:
             rows = self.engine.rows(self.model, inputs, records)
             return await self.engine.anomaly(self.model, rows, threshold=self.threshold,
-                                             target_fpr=self.target_fpr)
+                                             target_fpr=self.target_fpr, score=self.score_name)
 
         try:
             a = self.loop.run_until_complete(run())
@@ -184,8 +184,10 @@ class ServerScorer:
     MEG_MAX_ROWS, 10000 by default)."""
 
     def __init__(self, client: Any, model: str, threshold: float | None = None,
-                 target_fpr: float | None = None, request_rows: int = 1000):
+                 target_fpr: float | None = None, request_rows: int = 1000,
+                 score: str | None = None):
         self.client = client
+        self.score_name = score
         self.request_rows = request_rows
         self.model = model
         self.threshold = threshold
@@ -206,7 +208,8 @@ class ServerScorer:
                 a = self.client.anomaly(
                     inputs=part if inputs is not None else None,
                     records=part if records is not None else None, model=self.model,
-                    threshold=self.threshold, target_fpr=self.target_fpr)
+                    threshold=self.threshold, target_fpr=self.target_fpr,
+                    score=self.score_name)
             except MegClientError as e:
                 raise ScoreError(f"chunk rows from {start}: {e}") from e
             parts.append(a)

@@ -13,9 +13,9 @@ Model naming: every loaded bundle NAME serves five V2 models,
 
 and NAME alone is NAME.energy. D = the bundle's data_dim (model space), L = latent_dim.
 `seed` is optional (a random one is drawn and returned in the response parameter `seed`).
-Request parameters: anomaly takes `threshold` (flag score >= it) or `target_fpr` (flag
-conformal p-value <= it; default the bundle's) and answers both in the response
-parameters; sample takes
+Request parameters: anomaly takes `score` (energy, knn or energy+knn; default the
+bundle's), `threshold` (flag score >= it) or `target_fpr` (flag conformal p-value <= it;
+default the bundle's) and answers them in the response parameters; sample takes
 `mcmc_steps` (latent MALA steps, default 0 = none).
 """
 
@@ -240,12 +240,18 @@ async def infer(engine: Engine, model: V2Model, inputs: list[Tensor],
         elif op == "encode":
             outs = {"z": (await engine.encode(bundle, rows)).latent}
         else:
+            score = parameters.get("score")
+            if score is not None and not isinstance(score, str):
+                raise InvalidInput("invalid_parameter", "parameter 'score' must be a string "
+                                   "(energy, knn or energy+knn)", "score")
             a = await engine.anomaly(bundle, rows,
                                      threshold=_param_float(parameters, "threshold"),
-                                     target_fpr=_param_float(parameters, "target_fpr"))
+                                     target_fpr=_param_float(parameters, "target_fpr"),
+                                     score=score)
             assert a.p_values is not None  # the engine always computes them
             outs = {"score": a.scores, "p_value": a.p_values, "percentile": a.percentiles,
                     "is_anomaly": a.flags}
+            params["score"] = a.score_name
             params["threshold"] = a.threshold
             if a.target_fpr is not None:
                 params["target_fpr"] = a.target_fpr

@@ -57,6 +57,9 @@ def test_sync_client_matches_the_api(app_client: TestClient) -> None:
     assert a.is_anomaly.tolist() == [r["is_anomaly"] for r in body["results"]]
     np.testing.assert_array_equal(a.p_values, [r["p_value"] for r in body["results"]])
     assert c.anomaly(s.samples, model="toy", threshold=-1e30).is_anomaly.all()
+    energy = c.anomaly(s.samples, model="toy", score="energy")
+    assert energy.score == "energy"
+    np.testing.assert_allclose(energy.scores, e.energies, rtol=1e-6)
 
     models = c.models()
     assert {m["name"] for m in models["models"]} == {"toy", "events", "digits"}

@@ -63,6 +63,12 @@ def test_csv_in_process_matches_server(tiny_models_dir: Path, tmp_path: Path,
     np.testing.assert_allclose(got["p_value"], [r["p_value"] for r in ref])
     assert got["is_anomaly"].tolist() == [r["is_anomaly"] for r in ref]
 
+    # --score picks the score: energy is E(x) of /energy.
+    assert main(["score", str(src), "--bundle", str(tiny_models_dir / "toy"), "--score",
+                 "energy", "--out", str(out), "--quiet"]) == 0
+    energies = app_client.post("/energy", json={"model": "toy", "inputs": rows}).json()
+    np.testing.assert_allclose(pd.read_csv(out)["score"], energies["energies"], rtol=1e-6)
+
     # To stdout, by explicit threshold: everything at or above it.
     assert main(["score", str(src), "--bundle", str(tiny_models_dir / "toy"),
                  "--threshold=-1e30", "--quiet"]) == 0

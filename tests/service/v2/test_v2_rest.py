@@ -119,6 +119,16 @@ def test_energy_encode_anomaly_match_native(tc: th.InferenceServerClient,
     ref = native.post("/anomaly", json={"model": "digits", "inputs": x.tolist(),
                                         "target_fpr": 0.5}).json()["results"]
     assert strict.as_numpy("is_anomaly").tolist() == [r["is_anomaly"] for r in ref]
+    # Every score the bundle serves (energy, and the support scores when bundled).
+    scores = native.get("/models/digits").json()["scores"]
+    assert "energy" in scores
+    for name in scores:
+        v2 = _infer(tc, "digits.anomaly", {"x": x}, binary, parameters={"score": name})
+        ref = native.post("/anomaly", json={"model": "digits", "inputs": x.tolist(),
+                                            "score": name}).json()
+        assert v2.get_response()["parameters"]["score"] == ref["score"] == name
+        np.testing.assert_allclose(v2.as_numpy("score"), [r["score"] for r in ref["results"]],
+                                   rtol=1e-6)
     # A threshold below every score flags every row.
     low = _infer(tc, "digits.anomaly", {"x": x}, binary, parameters={"threshold": -1e30})
     assert low.as_numpy("is_anomaly").all()
