@@ -12,6 +12,13 @@
 4. ONNX Runtime generator against torch eager (rebuilt from the bundle's safetensors
    weights), batch 1 and 4096.
 
+5. Work classes (`--only work-classes` runs just this and rewrites just its section):
+   MCMC chain-steps/s of 64 concurrent clients each asking n=16, steps=50, continuous
+   batching against one request at a time (MEG_MCMC_BATCHING=false,
+   MEG_HEAVY_WORKERS=1; goal >= 4x); the latency of an n=1, steps=10 request while an
+   n=1024, steps=1000 one runs (both ways); single-row /energy p50/p99 idle and while 16
+   clients keep sampling.
+
 Prints machine info and a table; writes JSON to bench/results/serve.json. Trains nothing:
 it needs a bundle (default models/digits).
 """
@@ -258,6 +265,150 @@ def bench_onnx_vs_torch(bundle: Path, repeats: int) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------- 5. work classes
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+async def _mcmc_clients(base: str, clients: int, rounds: int, n: int, steps: int) -> float:
+    """Seconds for `clients` concurrent clients each sending `rounds` /sample requests."""
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as c:
+        async def one(i: int) -> None:
+            for r in range(rounds):
+                resp = await c.post("/sample", json={"n": n, "seed": i * rounds + r,
+                                                     "mcmc": {"steps": steps}},
+                                    headers={"Accept": "application/octet-stream"})
+                resp.raise_for_status()
+
+        await asyncio.gather(*(one(10**6 + i) for i in range(2)))  # warm up
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(clients)))
+        return time.perf_counter() - t0
+
+
+async def _small_beside_large(base: str, reps: int) -> dict[str, Any]:
+    """Latencies of n=1, steps=10 requests sent one after another while an n=1024,
+    steps=1000 request runs."""
+    async with httpx.AsyncClient(base_url=base, timeout=300) as c:
+        small = {"n": 1, "mcmc": {"steps": 10}}
+        (await c.post("/sample", json=small)).raise_for_status()  # warm up
+        t0 = time.perf_counter()
+        large = asyncio.create_task(c.post("/sample", json={"n": 1024, "mcmc": {"steps": 1000}}))
+        await asyncio.sleep(1.0)
+        lat, statuses = [], []
+        for _ in range(reps):
+            t = time.perf_counter()
+            r = await c.post("/sample", json=small)
+            lat.append(time.perf_counter() - t)
+            statuses.append(r.status_code)
+        big = await large
+        return {"small_p50_s": _pct(lat, 50), "small_max_s": max(lat), "small_status": statuses,
+                "large_s": time.perf_counter() - t0, "large_status": big.status_code}
+
+
+async def _energy_latency(base: str, dim: int, requests: int, samplers: int) -> dict[str, Any]:
+    """Single-row /energy latencies, sent one after another, while `samplers` clients keep
+    sending /sample n=256, steps=300 (none when 0)."""
+    row = {"inputs": [[0.1] * dim]}
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(base_url=base, timeout=300) as c:
+        async def sampler(i: int) -> None:
+            while not stop.is_set():
+                r = await c.post("/sample", json={"n": 256, "seed": i, "mcmc": {"steps": 300}},
+                                 headers={"Accept": "application/octet-stream"})
+                r.raise_for_status()
+
+        for _ in range(20):
+            (await c.post("/energy", json=row)).raise_for_status()  # warm up
+        tasks = [asyncio.create_task(sampler(i)) for i in range(samplers)]
+        await asyncio.sleep(1.0 if samplers else 0.0)
+        lat = []
+        for _ in range(requests):
+            t = time.perf_counter()
+            (await c.post("/energy", json=row)).raise_for_status()
+            lat.append(time.perf_counter() - t)
+        stop.set()
+        await asyncio.gather(*tasks)
+    return {"p50_s": _pct(lat, 50), "p99_s": _pct(lat, 99), "samplers": samplers}
+
+
+def bench_work_classes(bundle: Path, clients: int = 64, rounds: int = 3, n: int = 16,
+                       steps: int = 50, small_reps: int = 5) -> dict[str, Any]:
+    """Both servers run side by side and take turns, `rounds` times, so that a change in
+    machine load during the run affects both alike."""
+    dim = B.read_manifest(bundle, verify=False).data.dim
+    out: dict[str, Any] = {"clients": clients, "rounds": rounds, "n": n, "steps": steps,
+                           "load_start": ", ".join(f"{x:.1f}" for x in os.getloadavg())}
+    env = {"MEG_REQUEST_TIMEOUT_S": "120"}
+    modes = {"batched": {}, "one_at_a_time": {"MEG_MCMC_BATCHING": "false",
+                                              "MEG_HEAVY_WORKERS": "1"}}
+    with contextlib.ExitStack() as stack:
+        bases = {label: stack.enter_context(server(bundle, **env, **extra))
+                 for label, extra in modes.items()}
+        walls: dict[str, float] = dict.fromkeys(modes, 0.0)
+        for _ in range(rounds):
+            for label, base in bases.items():
+                walls[label] += asyncio.run(_mcmc_clients(base, clients, 1, n, steps))
+        for label, base in bases.items():
+            out[f"{label}_chain_steps_per_s"] = clients * rounds * n * steps / walls[label]
+            out[f"{label}_small_beside_large"] = asyncio.run(_small_beside_large(base, small_reps))
+        out["energy_idle"] = asyncio.run(_energy_latency(bases["batched"], dim, 200, 0))
+        out["energy_sampling"] = asyncio.run(_energy_latency(bases["batched"], dim, 200, 16))
+    out["ratio"] = out["batched_chain_steps_per_s"] / out["one_at_a_time_chain_steps_per_s"]
+    out["load_end"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return out
+
+
+def work_class_rows(w: dict[str, Any]) -> list[tuple[str, str, float, str]]:
+    sb, so = w["batched_small_beside_large"], w["one_at_a_time_small_beside_large"]
+    ei, es = w["energy_idle"], w["energy_sampling"]
+
+    def small(d: dict[str, Any]) -> str:
+        bad = [s for s in d["small_status"] if s != 200]
+        return (f"{d['small_p50_s'] * 1e3:.0f} ms p50, {d['small_max_s'] * 1e3:.0f} ms max"
+                + (f" ({len(bad)} non-200: {sorted(set(bad))})" if bad else ""))
+
+    return [
+        (f"5 MCMC x{w['clients']} clients n={w['n']} steps={w['steps']}: batched / one at a "
+         "time", f"{w['batched_chain_steps_per_s']:.0f} vs "
+         f"{w['one_at_a_time_chain_steps_per_s']:.0f} chain-steps/s", w["ratio"], ">= 4"),
+        ("5 n=1 steps=10 beside n=1024 steps=1000, batched",
+         f"{small(sb)}; large {sb['large_s']:.1f} s", sb["small_max_s"], ""),
+        ("5 n=1 steps=10 beside n=1024 steps=1000, one at a time",
+         f"{small(so)}; large {so['large_s']:.1f} s", so["small_max_s"], ""),
+        (f"5 /energy 1 row, idle vs {es['samplers']} clients sampling (p99)",
+         f"p50 {ei['p50_s'] * 1e3:.1f} / {es['p50_s'] * 1e3:.1f} ms, p99 "
+         f"{ei['p99_s'] * 1e3:.1f} / {es['p99_s'] * 1e3:.1f} ms", es["p99_s"], ""),
+    ]
+
+
+def write_work_classes(w: dict[str, Any], info: dict[str, Any], bundle: Path, version: str) -> None:
+    device = "gpu" if info.get("gpu") else "cpu"
+    rows = [(*r, goal_met(r[2], r[3])) for r in work_class_rows(w)]
+    write_section(f"serve-work-classes-{device}", "\n".join([
+        f"### Serving work classes ({device.upper()})",
+        "",
+        f"Machine: {machine_line(info)}; torch threads {torch.get_num_threads()} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). Bundle: "
+        f"`{bundle.name}` (version {version}). Regenerate: `.venv/bin/python bench/serve.py "
+        f"--bundle models/{bundle.name} --only work-classes`. Load average (1/5/15 min) at "
+        f"start {w['load_start']}, at end {w['load_end']}: the machine is shared, and "
+        "contention costs the batched server (one busy loop thread beside the HTTP thread) "
+        "more than the one-at-a-time one.",
+        "",
+        table(["measure", "times", "ratio or seconds", "goal", "met"], [list(r) for r in rows]),
+        "",
+        "Row 1: continuous batching of MALA chains across requests against the same server "
+        "running one MCMC request at a time (MEG_MCMC_BATCHING=false, MEG_HEAVY_WORKERS=1). "
+        "Rows 2-3: a small request joins the running batch at the next step boundary and "
+        "leaves after its own 10 steps, instead of waiting for the large one. Row 4: cheap "
+        "calls run on their own pool, beside the chain loop.",
+    ]))
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -279,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=15, help="timed repetitions (median)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    p.add_argument("--only", choices=["work-classes"],
+                   help="run one part and rewrite only its section of docs/benchmarks.md")
     args = p.parse_args(argv)
     bundle = args.bundle.resolve()
     if not (bundle / B.MANIFEST).is_file():
@@ -293,6 +446,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bundle: {bundle}")
     results: dict[str, Any] = {"machine": info, "bundle": str(bundle),
                                "version": B.read_manifest(bundle, verify=False).version}
+    if args.only == "work-classes":
+        w = results["work_classes"] = bench_work_classes(bundle, rounds=1 if args.quick else 3)
+        for name, times, ratio, goal in work_class_rows(w):
+            print(f"{name}: {times} ({ratio:.3g}) {goal} {goal_met(ratio, goal)}")
+        out = args.out.with_name("serve_work_classes.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {out}")
+        if not args.quick:
+            write_work_classes(w, info, bundle, results["version"])
+        return 0
     results["http_sample"] = bench_http_sample(bundle, args.n, args.repeats)
     results["batching"] = bench_batching(bundle, args.clients, args.per_client)
     results["mala"] = bench_mala(bundle, args.chains, args.steps, args.repeats)
