@@ -47,6 +47,7 @@ CHECKPOINT = "checkpoint.pt"
 RESUMABLE_KEYS = frozenset({
     "train.steps", "train.max_minutes", "train.log_every", "train.eval_every",
     "train.preview_every", "train.checkpoint_every", "train.device", "train.num_threads",
+    "train.select", "train.select_every",
 })
 
 
@@ -362,6 +363,20 @@ def train(
         print(f"{cfg.name}: threads: {threads.reason}", file=sys.stderr, flush=True)
     if out is not None and not valid_name(Path(out).name):
         raise ValueError(f"--out {out}: the directory name is the model name; use letters, digits, _ . -")
+    if tc.select not in (*SELECT_CRITERIA, "last"):
+        raise ValueError(f"train.select {tc.select!r}: use {', '.join(SELECT_CRITERIA)} or last")
+    select_every = tc.select_every if tc.select_every > 0 else max(1, tc.steps // 20)
+    # The run directory is settled before the data loads: a refusal should not wait for it.
+    run_name = Path(out).name if out is not None else cfg.name
+    if run_dir is None:
+        if resume:
+            latest = _latest_run(run_name)
+            raise RunDirError("--resume needs --run-dir, the run to continue"
+                              + (f" (the latest run of {run_name}: {latest})" if latest else ""))
+        run_dir = _same_on_every_rank(new_run_dir(run_name), dd)
+    run_dir = Path(run_dir)
+    if dd.main:
+        check_run_dir(run_dir, resume)
     torch.manual_seed(tc.seed + dd.rank)
     rng = torch.Generator(device=device).manual_seed(tc.seed * 1000 + dd.rank)
 
@@ -381,16 +396,6 @@ def train(
         g_params += list(meg.statistics.parameters())
     opt_g = torch.optim.Adam(g_params, lr=tc.lr, betas=betas)
 
-    run_name = Path(out).name if out is not None else cfg.name
-    if run_dir is None:
-        if resume:
-            latest = _latest_run(run_name)
-            raise RunDirError("--resume needs --run-dir, the run to continue"
-                              + (f" (the latest run of {run_name}: {latest})" if latest else ""))
-        run_dir = _same_on_every_rank(new_run_dir(run_name), dd)
-    run_dir = Path(run_dir)
-    if dd.main:
-        check_run_dir(run_dir, resume)
     step = 0
     ckpt_path = run_dir / CHECKPOINT
     if resume and ckpt_path.is_file():
