@@ -426,7 +426,9 @@ def breakdown_lines(data: dict[str, Any]) -> list[str]:
             "nearest-neighbour distance only asks whether a row has close training rows, "
             "which suits this protocol, where almost every test attack row has training rows "
             "of its own attack type. KNN pays for it in search time (wall times above) and has no "
-            "sampler."]
+            "sampler. meg's score variants (`knn`, `energy+knn`: `meg.support`) add that "
+            "distance, searched over at most 20,000 distinct training rows; their rows above "
+            "show what it does to the false positives of the rare types."]
 
 
 def support_lines(data: dict[str, Any]) -> list[str]:
