@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from meg.bundle import DataSpec
-from meg.support import split_calibration
+from meg.support import REFERENCE_CAP, split_calibration
 from training.data import Dataset
 from training.data.files import data_dir
 from training.evaluate import anomaly_metrics
@@ -456,7 +456,7 @@ def render(data: dict[str, Any]) -> None:
         f"- meg: `meg train tabular --set train.steps={data['meg_steps']}` (one torch "
         "thread), trained in process; score variants from `meg.support`: `energy` (E(x)), "
         "`knn` (Euclidean distance to the nearest distinct training row, reference set "
-        "capped at 20,000 rows), `energy+knn` (sum of both components' conformal surprises "
+        f"capped at {REFERENCE_CAP:,} rows), `energy+knn` (sum of both components' conformal surprises "
         "−log p against the calibration half: Fisher's combination), and the same two "
         "searching the encoder's latent codes (`-latent`).",
         f"- Peers (`bench/baselines.py`, PyOD defaults): IForest, KNN (5th neighbour), ECOD, "

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from meg.scoring import flag, threshold_from_scores
-from meg.support import split_calibration
+from meg.support import REFERENCE_CAP, split_calibration
 from training.data.kdd import ANOMALY_LABEL, load_kdd, row_labels
 from training.evaluate import anomaly_metrics
 
@@ -307,6 +307,7 @@ def main() -> None:
         gc.collect()
     total_wall = time.perf_counter() - t_start
     kept_note = ""
+    kept_from: dict[str, Any] | None = None
     if args.keep and not args.quick:
         prev = json.loads((ROOT / "bench" / "results" / "kdd.json").read_text())
         if prev["split_seeds"] != sorted(split_info):
@@ -318,10 +319,15 @@ def main() -> None:
         methods = kept_methods + methods
         if "autoencoder" in kept_methods:
             ae_epochs = prev["ae_epochs"]
+        # where the kept rows were measured: that run, or the run it kept them from
+        kept_from = prev.get("kept_from") or {
+            "command": prev["command"], "date": prev["machine"]["date"],
+            "wall_minutes": round(prev["total_wall_seconds"] / 60, 1),
+            "ae_epochs": prev["ae_epochs"]}
         kept_note = (f"Rows of {', '.join(label(m) for m in kept_methods)} kept from the earlier "
-                     f"run `{prev['command']}` ({prev['machine']['date']}, "
-                     f"{prev['total_wall_seconds'] / 60:.1f} min, AutoEncoder "
-                     f"{prev['ae_epochs']} epochs); this command reran the others.")
+                     f"run `{kept_from['command']}` ({kept_from['date']}, "
+                     f"{kept_from['wall_minutes']:.1f} min, AutoEncoder "
+                     f"{kept_from['ae_epochs']} epochs); this command reran the others.")
     rows = summarize_rows(results, methods)
     md_table = markdown_table(rows)
     print(md_table)
@@ -341,6 +347,7 @@ def main() -> None:
         "load_average_1_5_15min": {"start": load_start, "end": os.getloadavg()},
         "note": " ".join(x for x in (args.note, kept_note) if x),
         "calibration_rows": CAL_ROWS,
+        "kept_from": kept_from if args.keep and not args.quick else None,
         "splits": {str(s): v for s, v in split_info.items()},
         "summary": rows, "published": PUBLISHED, "runs": results,
     }
@@ -427,7 +434,8 @@ def breakdown_lines(data: dict[str, Any]) -> list[str]:
             "which suits this protocol, where almost every test attack row has training rows "
             "of its own attack type. KNN pays for it in search time (wall times above) and has no "
             "sampler. meg's score variants (`knn`, `energy+knn`: `meg.support`) add that "
-            "distance, searched over at most 20,000 distinct training rows; their rows above "
+            f"distance, searched over at most {REFERENCE_CAP:,} distinct training rows; their "
+            "rows above "
             "show what it does to the false positives of the rare types."]
 
 
@@ -448,7 +456,7 @@ def support_lines(data: dict[str, Any]) -> list[str]:
         f"- meg score variants (`meg.support`): one entropy=encoder run a split on the "
         f"training rows less {cal:,} held out at random (never trained on); `energy` is its "
         "energy; `knn` the Euclidean distance to the nearest distinct training row (reference "
-        "set: the training rows deduplicated, then a seeded subsample of 20,000; exact "
+        f"set: the training rows deduplicated, then a seeded subsample of {REFERENCE_CAP:,}; exact "
         "search); `energy+knn` the sum of both components' conformal surprises −log p "
         f"against {cal // 2:,} of the held-out rows (Fisher's combination); `-latent`: the "
         "same searching the encoder's 32-d codes. Wall time = training + scoring. Realized "

@@ -8,7 +8,7 @@ every repeat (bench/serve.py's `timeit_alternating`). Goal: every variant <= 2x 
 
 Without --bundle it trains a kddcup99 bundle for 100 steps into a temporary folder: the
 cost depends on the reference set's size (the training rows deduplicated, capped at
-20,000) and the data width (121), not on the model's quality. Writes
+meg.support.REFERENCE_CAP) and the data width (121), not on the model's quality. Writes
 bench/results/support_cost.json and the `support_cost` section of docs/benchmarks.md.
 """
 
