@@ -91,13 +91,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(bundle: Path, **env: str) -> Iterator[str]:
+def server(bundle: Path, uvicorn_args: tuple[str, ...] = (), **env: str) -> Iterator[str]:
     """A real `uvicorn service.main:app` on loopback serving `bundle`; SIGTERM at exit."""
     port = _free_port()
     full_env = {**os.environ, "MEG_MODELS_DIR": str(bundle), "MEG_LOG_LEVEL": "WARNING",
                 "MEG_MAX_SAMPLES": "100000", **env}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--host",
-                             "127.0.0.1", "--port", str(port), "--no-access-log"],
+                             "127.0.0.1", "--port", str(port), "--no-access-log",
+                             *uvicorn_args],
                             cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -362,6 +363,24 @@ def bench_work_classes(bundle: Path, clients: int = 64, rounds: int = 3, n: int 
     return out
 
 
+def bench_http_stack(bundle: Path, rounds: int = 3, seconds: int = 8) -> dict[str, Any]:
+    """wrk, single-row /energy at 64 connections: uvicorn's h11 + asyncio against
+    httptools + uvloop, taking turns `rounds` times."""
+    dim = B.read_manifest(bundle, verify=False).data.dim
+    stacks = {"h11+asyncio": ("--http", "h11", "--loop", "asyncio"),
+              "httptools+uvloop": ("--http", "httptools", "--loop", "uvloop")}
+    rps: dict[str, list[float]] = {k: [] for k in stacks}
+    load_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    for _ in range(rounds):
+        for label, args in stacks.items():
+            with server(bundle, uvicorn_args=args) as base:
+                _wrk_load(base, dim, 64, 2)  # warm up
+                rps[label].append(_wrk_load(base, dim, 64, seconds))
+    means = {k: statistics.mean(v) for k, v in rps.items()}
+    return {"rps": rps, "mean_rps": means, "ratio": means["httptools+uvloop"] / means["h11+asyncio"],
+            "load_start": load_start, "load_end": ", ".join(f"{x:.1f}" for x in os.getloadavg())}
+
+
 def work_class_rows(w: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     sb, so = w["batched_small_beside_large"], w["one_at_a_time_small_beside_large"]
     ei, es = w["energy_idle"], w["energy_sampling"]
@@ -430,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=15, help="timed repetitions (median)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
-    p.add_argument("--only", choices=["work-classes"],
+    p.add_argument("--only", choices=["work-classes", "http-stack"],
                    help="run one part and rewrite only its section of docs/benchmarks.md")
     args = p.parse_args(argv)
     bundle = args.bundle.resolve()
@@ -446,6 +465,31 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bundle: {bundle}")
     results: dict[str, Any] = {"machine": info, "bundle": str(bundle),
                                "version": B.read_manifest(bundle, verify=False).version}
+    if args.only == "http-stack":
+        if shutil.which("wrk") is None:
+            print("needs wrk (apt-get install wrk)", file=sys.stderr)
+            return 2
+        hs = results["http_stack"] = bench_http_stack(bundle, rounds=1 if args.quick else 3)
+        line = (f"h11+asyncio {hs['mean_rps']['h11+asyncio']:.0f} req/s (rounds "
+                f"{', '.join(f'{x:.0f}' for x in hs['rps']['h11+asyncio'])}), httptools+uvloop "
+                f"{hs['mean_rps']['httptools+uvloop']:.0f} req/s (rounds "
+                f"{', '.join(f'{x:.0f}' for x in hs['rps']['httptools+uvloop'])}): ratio "
+                f"{hs['ratio']:.2f}")
+        print(line)
+        out = args.out.with_name("serve_http_stack.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        if not args.quick:
+            device = "gpu" if info.get("gpu") else "cpu"
+            write_section(f"serve-http-stack-{device}", "\n".join([
+                f"### uvicorn HTTP stack ({device.upper()})", "",
+                f"Machine: {machine_line(info)}. Regenerate: `.venv/bin/python bench/serve.py "
+                f"--bundle models/{bundle.name} --only http-stack`. Load average (1/5/15 min) at "
+                f"start {hs['load_start']}, at end {hs['load_end']} (shared machine).", "",
+                "wrk, single-row /energy, 64 connections, 8 s per run, the two stacks taking "
+                f"turns: {line}. The service depends on httptools and uvloop, which uvicorn "
+                "uses when they are installed."]))
+        return 0
     if args.only == "work-classes":
         w = results["work_classes"] = bench_work_classes(bundle, rounds=1 if args.quick else 3)
         for name, times, ratio, goal in work_class_rows(w):
