@@ -76,3 +76,27 @@ def test_unavailable_or_unknown_score_is_a_4xx(client: TestClient) -> None:
     ok = client.post("/anomaly", json={"model": "digits", "inputs": [[0.1] * 64],
                                        "score": "energy"})
     assert ok.status_code == 200 and ok.json()["score"] == "energy"
+
+
+def test_reference_file_is_checked_and_never_unpickled(tiny_models_dir: Path,
+                                                       tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from service.engine.models import load_support
+
+    bundle = tmp_path / "events"
+    shutil.copytree(tiny_models_dir / "events", bundle)
+    raw = json.loads((bundle / B.MANIFEST).read_text())
+    ref_name = raw["support"]["reference"]
+    # a manifest naming a reference file it lists no checksum for is refused
+    del raw["files"][ref_name]
+    (bundle / B.MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(B.BundleError, match=ref_name):
+        B.read_manifest(bundle)
+    # a pickled object array in its place (checksum updated) is refused, naming the file
+    np.save(bundle / ref_name, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    raw["files"][ref_name] = B.sha256_file(bundle / ref_name)
+    (bundle / B.MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(B.BundleError, match=ref_name):
+        load_support(bundle, B.read_manifest(bundle))
