@@ -217,5 +217,12 @@ class BatcherPool:
             b = self._batchers[key] = DynamicBatcher(model, op, fn, **self.kw)  # type: ignore[arg-type]
         return b
 
+    async def prune(self, live: set[tuple[str, str]], timeout: float = 30.0) -> None:
+        """Close and forget the batchers of (model, version) pairs no longer served (a
+        removed bundle, or the old version of a replaced one). Queued requests finish;
+        a request that still holds the old model later gets a fresh batcher."""
+        stale = [k for k in self._batchers if k[:2] not in live]
+        await asyncio.gather(*(self._batchers.pop(k).close(timeout) for k in stale))
+
     async def close(self, timeout: float = 30.0) -> None:
         await asyncio.gather(*(b.close(timeout) for b in self._batchers.values()))

@@ -146,8 +146,19 @@ class Engine:
             await asyncio.sleep(self.settings.poll_interval_s)
             try:
                 await self.load()
+                await self.prune()
             except Exception:  # never let the poller die
                 log.exception("rescanning %s failed", self.settings.models_dir)
+
+    async def prune(self) -> None:
+        """Release the batchers and chain loops of model versions the registry no longer
+        serves, so replacing or removing bundles does not leak threads and memory."""
+        live = {(m.name, m.version) for m in self.registry.models.values()}
+        timeout = self.settings.request_timeout_s
+        stale = [k for k in self.chain_loops if k not in live]
+        loops = [self.chain_loops.pop(k) for k in stale]
+        await asyncio.gather(self.batchers.prune(live, timeout),
+                             *(asyncio.to_thread(c.close, timeout) for c in loops))
 
     async def close(self) -> None:
         """Refuse new work (503 shutting_down), let admitted work finish (each request is

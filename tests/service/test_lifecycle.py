@@ -253,8 +253,12 @@ async def test_replaced_bundle_swaps_in_without_failing_requests(models_dir: Pat
     raw["version"] = "0123456789ab"
     (new / B.MANIFEST).write_text(json.dumps(raw))
     x = np.random.default_rng(0).normal(size=(8, 2)).tolist()
-    async with serve_app(_settings(root, poll_interval_s=0.05)) as (_, c):
+    async with serve_app(_settings(root, poll_interval_s=0.05)) as (app, c):
         want = (await c.post("/energy", json={"model": "toy", "inputs": x})).json()["energies"]
+        r = await c.post("/sample", json={"model": "toy", "n": 2, "mcmc": {"steps": 2}})
+        assert r.status_code == 200  # the old version now has a chain loop too
+        engine = app.state.engine
+        assert ("toy", old_version) in engine.chain_loops
         seen: list[tuple[int, str | None]] = []
         stop = asyncio.Event()
 
@@ -280,6 +284,12 @@ async def test_replaced_bundle_swaps_in_without_failing_requests(models_dir: Pat
         await asyncio.gather(*tasks)
         listing = (await c.get("/models")).json()
         metrics = (await c.get("/metrics")).text
+
+        async def released(c: httpx.AsyncClient) -> bool:  # the old version's threads
+            return (("toy", old_version) not in engine.chain_loops
+                    and all(k[1] != old_version for k in engine.batchers._batchers))
+
+        await _until(c, released, "the old version's batchers and chain loop were kept")
     assert {code for code, _ in seen} == {200}, "a request failed during the swap"
     versions = [v for _, v in seen]
     assert versions[0] == old_version and versions[-1] == "0123456789ab"
