@@ -6,9 +6,8 @@ read (service/middleware.py)."""
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
 
-from fastapi import Header, HTTPException, Request
+from fastapi import HTTPException, Request
 
 
 def _matches(candidate: str, keys: list[str]) -> bool:
@@ -36,13 +35,21 @@ def check_api_key(authorization: str | None, x_api_key: str | None, keys: list[s
                             {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
-async def require_api_key(
-    request: Request,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> None:
+# Set in the ASGI scope by the request middleware once it has checked the request's key
+# (service/middleware.py, with the same keys as the settings): the route dependency below
+# then has nothing left to do.
+KEY_CHECKED = "meg.api_key_checked"
+
+
+async def require_api_key(request: Request) -> None:
     """Dependency guarding every route except health checks and /metrics. The request
     middleware runs the same check first, from the headers alone, so an unauthenticated
     body is never read; this dependency marks the routes that need a key (the middleware
-    looks for it) and guards them wherever the middleware is not installed."""
-    check_api_key(authorization, x_api_key, request.app.state.settings.api_key_list)
+    looks for it) and guards them wherever the middleware is not installed. It takes the
+    request alone (no header parameters for FastAPI to resolve on every request): the
+    OpenAPI document declares the key schemes itself (service/main.py)."""
+    if request.scope.get(KEY_CHECKED):
+        return
+    h = request.headers
+    check_api_key(h.get("authorization"), h.get("x-api-key"),
+                  request.app.state.settings.api_key_list)

@@ -20,18 +20,18 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from fastapi import HTTPException
 from fastapi.routing import APIRoute
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import check_api_key, require_api_key
+from service.auth import KEY_CHECKED, check_api_key, require_api_key
 from service.errors import error_body
 from service.logs import clean_request_id, request_id_var
 from service.metrics import Metrics
@@ -68,29 +68,23 @@ def _needs_key(route: BaseRoute) -> bool:
                for d in getattr(route, "dependencies", []))
 
 
-# Bodies at least this large are parsed with orjson (several times faster than the
-# standard library): the event loop is held for one parse, so a big body must not hold
-# it for long (the GIL is held throughout either way, so a thread would not help).
-_FAST_PARSE_BYTES = 64 * 1024
-
-
 class _FastJSONRequest(Request):
     async def json(self) -> Any:
+        # orjson first (several times faster than the standard library, small bodies
+        # included: the parse runs on the event loop).
         if not hasattr(self, "_json"):
             body = await self.body()
             try:
-                self._json = orjson.loads(body) if len(body) >= _FAST_PARSE_BYTES else None
-            except orjson.JSONDecodeError:
-                self._json = None  # let the standard parser decide (and word the error)
-            if self._json is None:
+                self._json = orjson.loads(body)
+            except orjson.JSONDecodeError:  # let the standard parser decide (and word the error)
                 self._json = json.loads(body)
         return self._json
 
 
 class FastJSONRoute(APIRoute):
-    """An APIRoute whose large JSON bodies are parsed by orjson. Anything orjson refuses
-    (NaN literals, integers beyond 64 bits, bad JSON) goes to the standard parser, so
-    what is accepted and how errors read stay the same."""
+    """An APIRoute whose JSON bodies are parsed by orjson. Anything orjson refuses (NaN
+    literals, integers beyond 64 bits, lone surrogates, bad JSON) goes to the standard
+    parser, so what is accepted and how errors read stay the same."""
 
     def get_route_handler(self) -> Any:
         handler = super().get_route_handler()
@@ -112,6 +106,45 @@ def _is_json(content_type: str) -> bool:
 _READ_AS_JSON = {"", "application/x-www-form-urlencoded"}
 
 
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """What the middleware needs to know about a request's route, cached per path."""
+    route: BaseRoute | None  # the route it reaches (a path-only match for a wrong method)
+    full: bool  # a full match (path and method)
+    needs_key: bool  # the route requires an API key
+
+
+# Distinct (method, path) pairs remembered; beyond this the cache starts over, so that
+# clients probing random paths cannot grow it without bound.
+_ROUTE_CACHE_SIZE = 4096
+
+
+@dataclass(slots=True)
+class _Headers:
+    """The request headers the middleware reads, in one pass over the raw list (ASGI
+    header names are lower-case; the first of repeated headers wins, as in Starlette)."""
+    request_id: str | None = None
+    authorization: str | None = None
+    api_key: str | None = None
+    content_type: str = ""
+    content_length: str | None = None
+
+    @classmethod
+    def of(cls, scope: Scope) -> _Headers:
+        h = cls()
+        seen: set[bytes] = set()
+        for key, value in scope["headers"]:
+            if key in _WANTED and key not in seen:
+                seen.add(key)
+                setattr(h, _WANTED[key], value.decode("latin-1"))
+        return h
+
+
+_WANTED = {b"x-request-id": "request_id", b"authorization": "authorization",
+           b"x-api-key": "api_key", b"content-type": "content_type",
+           b"content-length": "content_length"}
+
+
 def _as_json_scope(scope: Scope) -> Scope:
     headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
     return {**scope, "headers": headers + [(b"content-type", b"application/json")]}
@@ -128,24 +161,39 @@ class RequestMiddleware:
         self.api_keys = api_keys or []
         self.body_timeout_s = body_timeout_s
         self._flat: list[BaseRoute] | None = None  # the router's routes, built on first use
+        self._found: dict[tuple[str, str, str], _Found] = {}
+        # Metric children per (endpoint, model, status): .labels() takes a lock and
+        # builds a key on every call.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _routes(self) -> list[BaseRoute]:
         if self._flat is None:
             self._flat = list(_flatten(self.router.routes)) if self.router is not None else []
         return self._flat
 
-    def _route(self, scope: Scope) -> tuple[BaseRoute | None, bool]:
+    def _route(self, scope: Scope) -> _Found:
         """The route this request will reach (a path-only match for a wrong method, for
-        labels) and whether it is a full match."""
+        labels), whether it is a full match and whether it needs a key. Routes match on
+        method and path alone, so the answer is cached per (method, root_path, path)."""
+        key = (scope["method"], scope.get("root_path", ""), scope["path"])
+        found = self._found.get(key)
+        if found is None:
+            found = self._match(scope)
+            if len(self._found) >= _ROUTE_CACHE_SIZE:
+                self._found.clear()
+            self._found[key] = found
+        return found
+
+    def _match(self, scope: Scope) -> _Found:
         partial = None
         probe = {**scope}  # matching must not touch the real scope
         for route in self._routes():
             match, _ = route.matches(probe)
             if match == Match.FULL:
-                return route, True
+                return _Found(route, True, _needs_key(route))
             if match == Match.PARTIAL and partial is None:
                 partial = route
-        return partial, False
+        return _Found(partial, False, False)
 
     async def _send_error(self, send: Send, status: int, code: str, message: str,
                           extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -182,36 +230,38 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        rid = clean_request_id(headers.get("x-request-id"))
+        headers = _Headers.of(scope)
+        rid = clean_request_id(headers.request_id)
         token = request_id_var.set(rid)
         scope.setdefault("state", {})
         t0 = time.perf_counter()
-        state: dict[str, Any] = {"status": 500, "started": False}
+        status = 500
+        started = False
         rid_header = (b"x-request-id", rid.encode())
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                state["status"] = message["status"]
-                state["started"] = True
-                message = dict(message)
-                message["headers"] = list(message.get("headers", [])) + [rid_header]
+                status = message["status"]
+                started = True
+                message = {**message, "headers": [*message.get("headers", ()), rid_header]}
             await send(message)
 
-        route, full = self._route(scope)
-        state["route"] = route
+        found = self._route(scope)
         self.metrics.in_flight.inc()
         try:
-            if full and route is not None and self.api_keys and _needs_key(route):
-                try:
-                    check_api_key(headers.get("authorization"), headers.get("x-api-key"),
-                                  self.api_keys)
-                except HTTPException as e:
-                    await self._send_error(send_wrapper, 401, "unauthorized", str(e.detail), [
-                        (k.lower().encode(), v.encode()) for k, v in (e.headers or {}).items()])
-                    return
+            if found.needs_key and found.full:
+                if self.api_keys:
+                    try:
+                        check_api_key(headers.authorization, headers.api_key, self.api_keys)
+                    except HTTPException as e:
+                        await self._send_error(send_wrapper, 401, "unauthorized", str(e.detail), [
+                            (k.lower().encode(), v.encode()) for k, v in (e.headers or {}).items()])
+                        return
+                # Checked here, from the headers: the route's own dependency need not redo it.
+                scope[KEY_CHECKED] = True
             if scope["method"] in _BODY_METHODS:
-                content_type = headers.get("content-type", "")
+                content_type = headers.content_type
                 # V2 inference bodies may carry binary tensors (service/v2/rest.py reads them).
                 if not _is_json(content_type) and not scope["path"].startswith("/v2/"):
                     if content_type.split(";", 1)[0].strip().lower() not in _READ_AS_JSON:
@@ -219,7 +269,7 @@ class RequestMiddleware:
                                                "send the body as application/json")
                         return
                     scope = _as_json_scope(scope)
-                length = headers.get("content-length")
+                length = headers.content_length
                 if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
                     if length.isdigit():
                         await self._send_error(send_wrapper, 413, "payload_too_large",
@@ -254,11 +304,11 @@ class RequestMiddleware:
                 await self.app(scope, receive, send_wrapper)
         except Exception:
             log.exception("unhandled error")
-            if state["started"]:
+            if started:
                 raise  # too late to answer; the server closes the connection
             await self._send_error(send_wrapper, 500, "internal_error", "internal server error")
         finally:
-            self._record(scope, state["status"], time.perf_counter() - t0, state["route"])
+            self._record(scope, status, time.perf_counter() - t0, found.route)
             self.metrics.in_flight.dec()
             request_id_var.reset(token)
 
@@ -268,10 +318,17 @@ class RequestMiddleware:
         # The route template, never the raw path: unknown paths must not explode label sets.
         endpoint = getattr(route, "path", None) or "unmatched"
         model = str(scope.get("state", {}).get("model") or "")
-        self.metrics.requests.labels(endpoint=endpoint, model=model, status=str(status)).inc()
-        self.metrics.request_duration.labels(endpoint=endpoint, model=model).observe(seconds)
+        key = (endpoint, model, status)
+        children = self._children.get(key)
+        if children is None:  # bounded: route templates x loaded models x statuses
+            children = self._children[key] = (
+                self.metrics.requests.labels(endpoint=endpoint, model=model, status=str(status)),
+                self.metrics.request_duration.labels(endpoint=endpoint, model=model))
+        children[0].inc()
+        children[1].observe(seconds)
         path = scope.get("path", "")
         level = logging.DEBUG if path in _QUIET_PATHS and status < 500 else logging.INFO
-        log.log(level, "%s %s %d", scope["method"], path, status, extra={
-            "method": scope["method"], "path": path, "status": status,
-            "duration_ms": round(seconds * 1000.0, 3), "model": model})
+        if log.isEnabledFor(level):
+            log.log(level, "%s %s %d", scope["method"], path, status, extra={
+                "method": scope["method"], "path": path, "status": status,
+                "duration_ms": round(seconds * 1000.0, 3), "model": model})

@@ -64,8 +64,7 @@ def _from_engine(exc: EngineError) -> V2Error:
 async def _v2_api_key(request: Request) -> None:
     """The native API-key check, answering in the V2 error shape."""
     try:
-        await require_api_key(request, request.headers.get("authorization"),
-                              request.headers.get("x-api-key"))
+        await require_api_key(request)
     except HTTPException as e:
         raise V2Error(e.status_code, str(e.detail), getattr(e, "headers", None)) from None
 
