@@ -1,7 +1,10 @@
 """HTTP routes. Thin: parse (schemas), run (the engine), shape the answer. The engine's
 errors become HTTP statuses in service/errors.py.
 
-Every route but /healthz, /readyz and /metrics depends on `require_api_key`.
+Every route but /healthz, /readyz and /metrics needs an API key when keys are configured
+(the `api` router's KeyedRoute, service/middleware.py). The hot routes take the engine
+from the app state rather than through a dependency: FastAPI resolves dependencies on
+every request (bench/profile_energy.py).
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from meg import scoring
-from service.auth import require_api_key
 from service.engine import Engine
 from service.engine.models import LoadedModel
 from service.engine.results import MCMCParams
 from service.metrics import CONTENT_TYPE
-from service.middleware import FastJSONRoute
+from service.middleware import KeyedRoute
 from service.schemas import (
     AnomalyRequest,
     AnomalyResponse,
@@ -48,6 +50,11 @@ async def get_engine(request: Request) -> Engine:
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": desc} for code, desc in {
         400: "malformed JSON", 401: "missing or invalid API key", 404: "unknown model",
@@ -55,8 +62,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         422: "invalid input (the field says where)", 503: "queue full or no model loaded",
         504: "deadline exceeded"}.items()}
 
-api = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS,
-                route_class=FastJSONRoute)
+api = APIRouter(responses=_ERRORS, route_class=KeyedRoute)
 probes = APIRouter()
 
 
@@ -86,8 +92,7 @@ def _f32(a: np.ndarray) -> np.ndarray:
 @api.post("/sample", response_model=SampleResponse, response_model_exclude_none=True,
           summary="Generate samples",
           responses={200: {"content": {"application/octet-stream": {}}}})
-async def create_samples(body: SampleRequest, request: Request,
-                         engine: EngineDep) -> dict[str, Any] | Response:
+async def create_samples(body: SampleRequest, request: Request) -> dict[str, Any] | Response:
     """Draw `n` samples. Without `mcmc`, z ~ N(0, I) through the generator; with it, latent
     MALA first. Same `seed`, same samples. Rows are in model space (for tabular models:
     scaled numbers and one-hot blocks; ask for `return_records` to get raw records).
@@ -95,6 +100,7 @@ async def create_samples(body: SampleRequest, request: Request,
     With `Accept: application/octet-stream` the body is the samples alone as raw
     little-endian float32, row-major, shape in `X-Meg-Shape` (JSON of many floats costs far
     more than generating them)."""
+    engine = _engine(request)
     model = _use(request, engine, body.model)
     mcmc = MCMCParams(**body.mcmc.model_dump()) if body.mcmc else None
     res = await engine.sample(model, body.n, body.seed, mcmc, body.return_records)
@@ -117,9 +123,10 @@ async def create_samples(body: SampleRequest, request: Request,
 
 
 @api.post("/energy", response_model=EnergyResponse, summary="Energies of inputs")
-async def score_energy(body: EnergyRequest, request: Request, engine: EngineDep) -> Response:
+async def score_energy(body: EnergyRequest, request: Request) -> Response:
     """E(x) for each row (lower = more typical). `inputs` are model-space rows; `records`
     go through the bundle's preprocessing."""
+    engine = _engine(request)
     model = _use(request, engine, body.model)
     res = await engine.energy(model, engine.rows(model, body.inputs, body.records))
     return _array_json({"model": res.model, "version": res.version,
@@ -128,8 +135,7 @@ async def score_energy(body: EnergyRequest, request: Request, engine: EngineDep)
 
 @api.post("/anomaly", response_model=AnomalyResponse, response_model_exclude_none=True,
           summary="Score and flag anomalies")
-async def detect_anomalies(body: AnomalyRequest, request: Request,
-                           engine: EngineDep) -> dict[str, Any]:
+async def detect_anomalies(body: AnomalyRequest, request: Request) -> dict[str, Any]:
     """score = `score` (energy, knn or energy+knn; default: the bundle's); p_value =
     conformal p-value against that score's calibration scores (held-out normal rows); flagged when p_value <= target_fpr (default the bundle's), so
     at most a share target_fpr of normal rows is flagged; or, given `threshold`, when
@@ -137,6 +143,7 @@ async def detect_anomalies(body: AnomalyRequest, request: Request,
     one-hot block) and list the feature in `unseen`, unless `unknown_category` is
     "error". `explain` adds the features with the largest |dE/dx| (one-hot columns of a
     record feature summed)."""
+    engine = _engine(request)
     model = _use(request, engine, body.model)
     rows = engine.rows(model, body.inputs, body.records, body.unknown_category)
     res = await engine.anomaly(model, rows, body.threshold, body.target_fpr, body.explain,
@@ -158,8 +165,9 @@ async def detect_anomalies(body: AnomalyRequest, request: Request,
 
 
 @api.post("/encode", response_model=EncodeResponse, summary="Latent codes of inputs")
-async def encode_inputs(body: EncodeRequest, request: Request, engine: EngineDep) -> Response:
+async def encode_inputs(body: EncodeRequest, request: Request) -> Response:
     """The encoder's z for each row."""
+    engine = _engine(request)
     model = _use(request, engine, body.model)
     res = await engine.encode(model, engine.rows(model, body.inputs, body.records))
     return _array_json({"model": res.model, "version": res.version, "latent": _f32(res.latent)})

@@ -71,7 +71,7 @@ def column_groups(model: LoadedModel, records: bool) -> tuple[list[str], np.ndar
 def _finite(out: np.ndarray, what: str) -> np.ndarray:
     # No protocol can carry NaN/Inf as an answer; an input extreme enough to overflow the
     # network is the client's to fix, not a server failure.
-    if not np.all(np.isfinite(out)):
+    if not np.isfinite(out).all():
         raise InvalidInput("non_finite_output", f"the model's {what} overflowed for these "
                            "inputs (values too large)", "inputs")
     return out
