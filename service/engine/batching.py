@@ -8,7 +8,8 @@ split, so one larger than `max_batch_size` runs alone. Rows are independent thro
 networks, so batching never changes a result (tests check it row for row).
 
 A full queue raises Unavailable (retry later); a request still waiting at its deadline
-raises DeadlineExceeded.
+(queued, or in a batch still running) raises DeadlineExceeded. Deadlines are kept by one
+timer per batcher, set for the earliest pending one, rather than a timer per request.
 With `max_batch_size == 1` or `max_delay == 0` batching is off: each request is its own
 call (still bounded by `queue_size` requests in flight and by the deadline).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -70,6 +72,9 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
+        self._running: list[_Item] = []  # the batch in the thread pool
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at = math.inf  # loop.time() the sweep timer fires at
         self._depth = metrics.queue_depth.labels(model=model, op=op)
         self._wait = metrics.queue_wait.labels(model=model, op=op)
         self._batch = metrics.batch_size.labels(model=model, op=op)
@@ -105,10 +110,32 @@ class DynamicBatcher:
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name=f"batcher-{self.model}-{self.op}")
         self._wakeup.set()
-        try:
-            return await asyncio.wait_for(item.future, remaining)
-        except TimeoutError:
-            raise DeadlineExceeded() from None
+        if deadline < self._sweep_at:
+            self._arm_sweep(loop, deadline)
+        return await item.future  # DeadlineExceeded from _expire at the deadline
+
+    def _arm_sweep(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep_at = at
+        self._sweep = loop.call_at(at, self._expire)
+
+    def _expire(self) -> None:
+        """Fail every waiting request whose deadline has passed, then set the timer for
+        the earliest one left."""
+        self._sweep, self._sweep_at = None, math.inf
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        nxt = math.inf
+        for item in (*self._queue, *self._running):
+            if item.future.done():
+                continue
+            if item.deadline <= now:
+                item.future.set_exception(DeadlineExceeded())
+            elif item.deadline < nxt:
+                nxt = item.deadline
+        if nxt < math.inf:
+            self._arm_sweep(loop, nxt)
 
     async def _submit_direct(self, x: np.ndarray, remaining: float) -> np.ndarray:
         if self._in_flight >= self.queue_size:
@@ -172,6 +199,7 @@ class DynamicBatcher:
             if not batch:
                 continue
             x = batch[0].x if len(batch) == 1 else np.concatenate([b.x for b in batch])
+            self._running = batch
             try:
                 out = await loop.run_in_executor(self.executor, self._call, x)
             except Exception as e:  # hand the failure to every caller of this batch
@@ -180,6 +208,8 @@ class DynamicBatcher:
                     if not b.future.done():
                         b.future.set_exception(e)
                 continue
+            finally:
+                self._running = []
             start = 0
             for b in batch:
                 end = start + len(b.x)
