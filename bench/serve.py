@@ -19,6 +19,14 @@
    n=1024, steps=1000 one runs (both ways); single-row /energy p50/p99 idle and while 16
    clients keep sampling.
 
+6. Peers (`--only peers` runs just this and rewrites just its section; needs wrk and the
+   bench extra): the bundle's energy.onnx served by meg (native /energy and V2 REST), by
+   LitServe and KServe's ModelServer (bench/peer_servers.py, each with its own batching
+   where it has one) and by a bare FastAPI + uvicorn endpoint (the framework's ceiling):
+   wrk single-row requests at 64 connections (req/s, p50, p99) and one 4096-row request
+   in each stack's best format, servers one at a time, taking turns over 3 rounds. Also
+   /sample n=4096 binary over HTTP against in-process, and V2 binary against native.
+
 Prints machine info and a table; writes JSON to bench/results/serve.json. Trains nothing:
 it needs a bundle (default models/digits).
 """
@@ -41,6 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -467,6 +476,303 @@ def write_work_classes(w: dict[str, Any], info: dict[str, Any], bundle: Path, ve
     ]))
 
 
+# --------------------------------------------------------------------------- 6. peers
+
+
+@dataclass(frozen=True)
+class Call:
+    """One kind of request to a stack: path, raw body and headers."""
+
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    format: str  # what the body is, for the table
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    ready: str  # GET path answering 200 once the model is loaded
+    single: dict[str, Call]  # label -> single-row call (meg serves two on one server)
+    big: dict[str, Call]  # label -> 4096-row call
+    batching: str
+
+
+@contextlib.contextmanager
+def process_server(cmd: list[str], env: dict[str, str], port: int, ready: str,
+                   log: Path) -> Iterator[str]:
+    """`cmd` in its own process group (LitServe starts worker processes), stderr to `log`;
+    yields the base URL once GET `ready` answers 200; SIGTERM to the group at exit."""
+    base = f"http://127.0.0.1:{port}"
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env},
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{cmd} exited: {log.read_text()[-2000:]}")
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(base + ready, timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{cmd} not ready after 120 s")
+                time.sleep(0.2)
+            yield base
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def _latency(out: str, pct: str) -> float:
+    m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+    if m is None:
+        raise RuntimeError(f"no {pct}% latency in wrk output:\n{out}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk_run(url: str, call: Call, seconds: int, connections: int = 64) -> dict[str, float]:
+    """wrk POSTing `call` on `connections` connections: req/s, p50 and p99 (s)."""
+    lines = ['wrk.method = "POST"'] + [f'wrk.headers["{k}"] = "{v}"' for k, v in call.headers.items()]
+    lines.append(f"wrk.body = [==[{call.body.decode()}]==]")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write("\n".join(lines) + "\n")
+    try:
+        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+                              "-s", f.name, url + call.path], capture_output=True, text=True,
+                             check=True).stdout
+    finally:
+        os.unlink(f.name)
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"errors under load at {url + call.path}:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50_s": _latency(out, "50"), "p99_s": _latency(out, "99")}
+
+
+def timed_posts(base: str, call: Call, repeats: int, warmup: int = 2) -> float:
+    """Median seconds of one `call` at a time (the body is encoded once, before timing;
+    the answer is read, not decoded)."""
+    times = []
+    with httpx.Client(base_url=base, timeout=120) as c:
+        for i in range(warmup + repeats):
+            t0 = time.perf_counter()
+            r = c.post(call.path, content=call.body, headers=call.headers)
+            r.raise_for_status()
+            _ = r.content
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _v2_body(name: str, x: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str]]:
+    """An Open Inference Protocol request for FP32 `x`, JSON or binary tensor data."""
+    tensor: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(x.shape)}
+    if not binary:
+        tensor["data"] = x.ravel().tolist()
+        return orjson.dumps({"inputs": [tensor]}), {"Content-Type": "application/json"}
+    raw = np.ascontiguousarray(x, dtype="<f4").tobytes()
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    header = orjson.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}})
+    return header + raw, {"Content-Type": "application/octet-stream",
+                          "Inference-Header-Content-Length": str(len(header))}
+
+
+def peer_stacks(bundle: Path, dim: int, rows: int) -> list[Stack]:
+    rng = np.random.default_rng(0)
+    row = np.full((1, dim), 0.1, dtype=np.float32)
+    big = rng.uniform(-1, 1, size=(rows, dim)).astype(np.float32)
+    json_h = {"Content-Type": "application/json"}
+    bin_h = {"Content-Type": "application/octet-stream"}
+
+    def inputs(x: np.ndarray, key: str = "inputs") -> bytes:
+        return orjson.dumps({key: x.tolist()})
+
+    v2_path = f"/v2/models/{bundle.name}/infer"
+    peer = [sys.executable, str(ROOT / "bench" / "peer_servers.py")]
+    return [
+        Stack("meg", [sys.executable, "-m", "uvicorn", "service.main:app", "--host",
+                      "127.0.0.1", "--no-access-log"],
+              {"MEG_MODELS_DIR": str(bundle)}, "/readyz",
+              {"meg native /energy": Call("/energy", inputs(row), json_h, "JSON"),
+               "meg V2 REST": Call(v2_path, *_v2_body("x", row, False), "V2 JSON")},
+              {"meg native /energy": Call("/energy", inputs(big), json_h, "JSON"),
+               "meg V2 REST": Call(v2_path, *_v2_body("x", big, True), "V2 binary")},
+              "dynamic batcher (max 256 rows, 2 ms; the defaults)"),
+        Stack("bare", [*peer, "bare", "--bundle", str(bundle)], {}, "/ready",
+              {"bare FastAPI endpoint": Call("/energy", inputs(row), json_h, "JSON")},
+              {"bare FastAPI endpoint": Call("/energy.bin", big.tobytes(), bin_h,
+                                             "raw float32")},
+              "none (ORT on the event loop)"),
+        Stack("litserve", [*peer, "litserve", "--bundle", str(bundle)], {}, "/health",
+              {"LitServe": Call("/predict", inputs(row), json_h, "JSON")},
+              {"LitServe": Call("/predict", inputs(big), json_h, "JSON")},
+              "LitServe max_batch_size 256, batch_timeout 2 ms"),
+        Stack("kserve", [*peer, "kserve", "--bundle", str(bundle)], {},
+              "/v2/models/energy/ready",
+              {"KServe ModelServer": Call("/v1/models/energy:predict",
+                                          inputs(row, "instances"), json_h, "V1 JSON")},
+              {"KServe ModelServer": Call("/v2/models/energy/infer", *_v2_body("x", big, True),
+                                          "V2 binary")},
+              "none in-process (KServe batches in its Kubernetes sidecar)"),
+    ]
+
+
+def bench_peers(bundle: Path, rounds: int = 3, seconds: int = 8, rows: int = 4096,
+                repeats: int = 10) -> dict[str, Any]:
+    """The stacks of `peer_stacks`, one server at a time, taking turns `rounds` times."""
+    dim = B.read_manifest(bundle, verify=False).data.dim
+    stacks = peer_stacks(bundle, dim, rows)
+    single: dict[str, list[dict[str, float]]] = {}
+    big: dict[str, list[float]] = {}
+    load_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    logdir = Path(tempfile.mkdtemp(prefix="meg-peers-"))
+    for r in range(rounds):
+        for st in stacks if r % 2 == 0 else stacks[::-1]:
+            port = _free_port()
+            cmd = [*st.cmd, "--port", str(port)]
+            with process_server(cmd, st.env, port, st.ready, logdir / f"{st.name}.log") as base:
+                for label, call in st.single.items():
+                    wrk_run(base, call, 2)  # warm up
+                    single.setdefault(label, []).append(wrk_run(base, call, seconds))
+                for label, call in st.big.items():
+                    big.setdefault(label, []).append(timed_posts(base, call, repeats))
+            print(f"round {r + 1}: {st.name} done", flush=True)
+    out: dict[str, Any] = {"rows": rows, "seconds": seconds, "rounds": rounds,
+                           "connections": 64, "stacks": {}}
+    for st in stacks:
+        for label in st.single:
+            runs = single[label]
+            out["stacks"][label] = {
+                "runs": runs, "rps": statistics.median(x["rps"] for x in runs),
+                "p50_s": statistics.median(x["p50_s"] for x in runs),
+                "p99_s": statistics.median(x["p99_s"] for x in runs),
+                "single_format": st.single[label].format, "batching": st.batching,
+                "big_format": st.big[label].format, "big_runs_s": big[label],
+                "big_s": statistics.median(big[label])}
+    out["load_start"] = load_start
+    out["load_end"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return out
+
+
+def bench_v2_sample(bundle: Path, n: int, repeats: int) -> dict[str, Any]:
+    """/sample n binary over HTTP, native and V2 (binary output), against the generator
+    called in-process, taking turns."""
+    man = B.read_manifest(bundle, verify=False)
+    settings = Settings()
+    sess = ort.InferenceSession(str(bundle / B.GENERATOR_ONNX),
+                                sess_options=session_options(settings),
+                                providers=choose_providers(settings.device))
+
+    def in_process() -> None:
+        z = np.random.default_rng(0).standard_normal((n, man.latent_dim), dtype=np.float32)
+        sess.run(None, {"z": z})
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
+           "--no-access-log", "--port", str(port)]
+    log = Path(tempfile.mkdtemp(prefix="meg-v2-")) / "meg.log"
+    with process_server(cmd, {"MEG_MODELS_DIR": str(bundle), "MEG_MAX_SAMPLES": "100000"},
+                        port, "/readyz", log) as base, \
+            httpx.Client(base_url=base, timeout=120) as c:
+        native = orjson.dumps({"model": bundle.name, "n": n, "seed": 0})
+        v2 = orjson.dumps({"inputs": [{"name": "n", "datatype": "INT64", "shape": [1], "data": [n]},
+                                      {"name": "seed", "datatype": "INT64", "shape": [1],
+                                       "data": [0]}],
+                           "outputs": [{"name": "x", "parameters": {"binary_data": True}}]})
+
+        def http_native() -> None:
+            r = c.post("/sample", content=native, headers={
+                "Content-Type": "application/json", "Accept": "application/octet-stream"})
+            r.raise_for_status()
+            np.frombuffer(r.content, dtype="<f4")
+
+        def http_v2() -> None:
+            r = c.post(f"/v2/models/{bundle.name}.sample/infer", content=v2,
+                       headers={"Content-Type": "application/json"})
+            r.raise_for_status()
+            hl = int(r.headers["inference-header-content-length"])
+            np.frombuffer(r.content[hl:], dtype="<f4")
+
+        t_in, t_native, t_v2 = timeit_alternating([in_process, http_native, http_v2], repeats,
+                                                  warmup=2)
+    return {"n": n, "in_process_s": t_in, "native_binary_s": t_native, "v2_binary_s": t_v2,
+            "ratio_native": t_in / t_native, "ratio_v2_native": t_native / t_v2}
+
+
+def peer_goal_rows(p: dict[str, Any], v: dict[str, Any]) -> list[tuple[str, str, float, str, str]]:
+    st = p["stacks"]
+    meg, bare = st["meg native /energy"], st["bare FastAPI endpoint"]
+    peers = {k: x for k, x in st.items() if not k.startswith(("meg", "bare"))}
+    best = max(peers, key=lambda k: peers[k]["rps"])
+
+    def met(ok: bool) -> str:
+        return "yes" if ok else "no"
+
+    r1 = meg["rps"] / bare["rps"]
+    r2 = meg["rps"] / peers[best]["rps"]
+    r3 = meg["p99_s"] / bare["p99_s"]
+    return [
+        ("single-row req/s, meg / bare endpoint", f"{meg['rps']:.0f} vs {bare['rps']:.0f}",
+         r1, ">= 0.8", met(r1 >= 0.8)),
+        (f"single-row req/s, meg / best peer ({best})",
+         f"{meg['rps']:.0f} vs {peers[best]['rps']:.0f}", r2, ">= 1.0", met(r2 >= 1.0)),
+        ("single-row p99, meg / bare endpoint",
+         f"{meg['p99_s'] * 1e3:.1f} vs {bare['p99_s'] * 1e3:.1f} ms", r3, "<= 2", met(r3 <= 2)),
+        (f"/sample n={v['n']} binary: in-process / HTTP",
+         f"{v['in_process_s'] * 1e3:.1f} vs {v['native_binary_s'] * 1e3:.1f} ms",
+         v["ratio_native"], ">= 0.8", met(v["ratio_native"] >= 0.8)),
+        (f"/sample n={v['n']} binary: native / V2 REST binary time",
+         f"{v['native_binary_s'] * 1e3:.1f} vs {v['v2_binary_s'] * 1e3:.1f} ms",
+         v["ratio_v2_native"], ">= 0.9", met(v["ratio_v2_native"] >= 0.9)),
+    ]
+
+
+def write_peers(p: dict[str, Any], v: dict[str, Any], info: dict[str, Any], bundle: Path,
+                version: str) -> None:
+    device = "gpu" if info.get("gpu") else "cpu"
+    stack_rows = [[k, x["batching"], x["single_format"], f"{x['rps']:.0f}",
+                   f"{x['p50_s'] * 1e3:.1f}", f"{x['p99_s'] * 1e3:.1f}",
+                   ", ".join(f"{r['rps']:.0f}" for r in x["runs"]), x["big_format"],
+                   f"{x['big_s'] * 1e3:.1f}"] for k, x in p["stacks"].items()]
+    write_section(f"serve-peers-{device}", "\n".join([
+        f"### meg against other serving stacks: `{bundle.name}` energy ({device.upper()})",
+        "",
+        f"Machine: {machine_line(info)}. Bundle: `{bundle.name}` (version {version}); every "
+        "stack serves its energy.onnx through ONNX Runtime with meg's session options "
+        "(bench/peer_servers.py). Regenerate: `.venv/bin/python bench/serve.py --bundle "
+        f"models/{bundle.name} --only peers` (needs wrk and the bench extra). Load average "
+        f"(1/5/15 min) at start {p['load_start']}, at end {p['load_end']}: wrk and the "
+        "server share the two cores.",
+        "",
+        f"wrk, one thread, {p['connections']} connections, {p['seconds']} s per run after a "
+        f"2 s warm-up, single-row requests; then one {p['rows']}-row request at a time in "
+        "each stack's best format (median of 10, body encoded before timing). One server at "
+        f"a time, the stacks taking turns over {p['rounds']} rounds; medians of the rounds. "
+        "Each stack at its default log level (meg: INFO, one JSON access line per request).",
+        "",
+        table(["stack", "batching", "single-row body", "req/s", "p50 ms", "p99 ms",
+               "req/s by round", f"{p['rows']}-row body", f"{p['rows']} rows ms"], stack_rows),
+        "",
+        table(["goal (issue 12)", "measured", "ratio", "goal", "met"],
+              [list(r) for r in peer_goal_rows(p, v)]),
+        "",
+        f"The /sample rows: the generator on {v['n']} latent rows called in-process against "
+        "meg's native /sample with `Accept: application/octet-stream` and the V2 REST "
+        f"`{bundle.name}.sample` model with binary output, taking turns (median of the "
+        "repeats). Raw numbers: bench/results/serve_peers.json.",
+    ]))
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -488,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=15, help="timed repetitions (median)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
-    p.add_argument("--only", choices=["work-classes", "http-stack"],
+    p.add_argument("--only", choices=["work-classes", "http-stack", "peers"],
                    help="run one part and rewrite only its section of docs/benchmarks.md")
     args = p.parse_args(argv)
     bundle = args.bundle.resolve()
@@ -528,6 +834,27 @@ def main(argv: list[str] | None = None) -> int:
                 "wrk, single-row /energy, 64 connections, 8 s per run, the two stacks taking "
                 f"turns: {line}. The service depends on httptools and uvloop, which uvicorn "
                 "uses when they are installed."]))
+        return 0
+    if args.only == "peers":
+        if shutil.which("wrk") is None:
+            print("needs wrk (apt-get install wrk)", file=sys.stderr)
+            return 2
+        v = results["v2_sample"] = bench_v2_sample(bundle, args.n, 3 if args.quick else 15)
+        pr = results["peers"] = bench_peers(bundle, rounds=1 if args.quick else 3,
+                                            seconds=3 if args.quick else 8,
+                                            repeats=3 if args.quick else 10)
+        for label, x in pr["stacks"].items():
+            print(f"{label}: {x['rps']:.0f} req/s, p50 {x['p50_s'] * 1e3:.1f} ms, p99 "
+                  f"{x['p99_s'] * 1e3:.1f} ms; {pr['rows']} rows ({x['big_format']}) "
+                  f"{x['big_s'] * 1e3:.1f} ms")
+        for name, times, ratio, goal, met in peer_goal_rows(pr, v):
+            print(f"{name}: {times} ({ratio:.2f}) {goal} {met}")
+        out = args.out.with_name("serve_peers_quick.json" if args.quick else "serve_peers.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {out}")
+        if not args.quick:
+            write_peers(pr, v, info, bundle, results["version"])
         return 0
     if args.only == "work-classes":
         w = results["work_classes"] = bench_work_classes(bundle, rounds=1 if args.quick else 3)
