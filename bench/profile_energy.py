@@ -19,7 +19,7 @@ single-row /energy requests back to back:
    of the server's loop time (the in-process client's own share is shown apart). The
    machine is shared, so compare shares, not absolute numbers.
 2. Latency: meg's own histograms (request duration, queue wait, ORT call, batch size).
-3. Ablations: throughput of meg variants (access log off, batching off, without the
+3. Ablations: throughput of meg variants (heap not frozen, access log off, batching off, without the
    request middleware) and of the bare app, alternated over `--rounds` rounds so that a
    change in machine load hits all of them alike; medians.
 """
@@ -29,12 +29,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from meg import bundle as B  # noqa: E402
-from service import api as api_module  # noqa: E402
-from service.auth import require_api_key  # noqa: E402
 from service.main import create_app  # noqa: E402
 from service.middleware import RequestMiddleware  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -178,45 +177,20 @@ def bare_app(session: Any, input_name: str) -> FastAPI:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+async def serving(app: FastAPI, freeze: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """The app started (its lifespan run directly, so do here what meg's middleware does
+    once startup completes under a server: freeze the heap, for meg and bare alike)."""
     async with app.router.lifespan_context(app):
+        if freeze:
+            gc.collect(1)
+            gc.freeze()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://meg.bench",
                                      timeout=60) as c:
-            yield c
-
-
-def _sync_get_engine(request: Request) -> Any:
-    return request.app.state.engine
-
-
-async def _no_key_check() -> None:
-    return None
-
-
-@contextlib.contextmanager
-def swapped_dependency(depends: Any, fn: Callable[..., Any]) -> Iterator[None]:
-    """Run `fn` wherever the `Depends` object `depends` is used (FastAPI builds each
-    route's dependencies from these objects when the route first serves); restored after."""
-    original = depends.dependency
-    object.__setattr__(depends, "dependency", fn)
-    try:
-        yield
-    finally:
-        object.__setattr__(depends, "dependency", original)
-
-
-def sync_get_engine() -> contextlib.AbstractContextManager[None]:
-    """The engine dependency as a plain `def` (as before the fix in service/api.py):
-    FastAPI then runs it in a worker thread."""
-    return swapped_dependency(api_module.EngineDep.__metadata__[0], _sync_get_engine)
-
-
-def no_route_key_check() -> contextlib.AbstractContextManager[None]:
-    """The routes' `require_api_key` dependency (header parameters, the check) as a no-op:
-    the request middleware alone checks keys, from the headers, before the body."""
-    (depends,) = [d for d in api_module.api.dependencies if d.dependency is require_api_key]
-    return swapped_dependency(depends, _no_key_check)
+            try:
+                yield c
+            finally:
+                gc.unfreeze()
 
 
 def meg_app(bundle: Path, **overrides: Any) -> FastAPI:
@@ -329,23 +303,20 @@ async def main_async(args: argparse.Namespace) -> None:
           f"(bare {run_bare.pct(50):.3f} / {run_bare.pct(99):.3f} ms)")
 
     # ---- 3. ablations, alternated
-    same = contextlib.nullcontext
-    variants: dict[str, tuple[Callable[[], FastAPI], Callable[[], Any]]] = {
-        "meg (defaults)": (lambda: meg_app(bundle), same),
-        "meg, sync get_engine (before the fix)": (lambda: meg_app(bundle), sync_get_engine),
-        "meg, access log off (WARNING)": (lambda: meg_app(bundle, log_level="WARNING"), same),
-        "meg, batching off (MAX_DELAY_MS=0)": (lambda: meg_app(bundle, max_delay_ms=0), same),
-        "meg, no route-level key check": (lambda: meg_app(bundle), no_route_key_check),
-        "meg, no request middleware": (lambda: meg_app(bundle, strip_middleware=True), same),
-        "bare": (lambda: bare_app(session, input_name), same),
+    variants: dict[str, tuple[Callable[[], FastAPI], bool]] = {
+        "meg (defaults)": (lambda: meg_app(bundle), True),
+        "meg, heap not frozen (before the fix)": (lambda: meg_app(bundle), False),
+        "meg, access log off (WARNING)": (lambda: meg_app(bundle, log_level="WARNING"), True),
+        "meg, batching off (MAX_DELAY_MS=0)": (lambda: meg_app(bundle, max_delay_ms=0), True),
+        "meg, no request middleware": (lambda: meg_app(bundle, strip_middleware=True), True),
+        "bare": (lambda: bare_app(session, input_name), True),
     }
     runs: dict[str, list[Run]] = defaultdict(list)
     for _ in range(args.rounds):
-        for name, (make, patch) in variants.items():
-            with patch():
-                async with serving(make()) as c:
-                    await drive(c, body, min(n, 300), conc)
-                    runs[name].append(await drive(c, body, n, conc))
+        for name, (make, freeze) in variants.items():
+            async with serving(make(), freeze) as c:
+                await drive(c, body, min(n, 300), conc)
+                runs[name].append(await drive(c, body, n, conc))
     print(f"\n3. Throughput, medians of {args.rounds} alternated rounds of {n} requests\n")
     base = statistics.median(r.rps for r in runs["bare"])
     print(f"  {'variant':38s}{'req/s':>9s}{'x bare':>8s}{'p50 ms':>9s}{'p99 ms':>9s}")
