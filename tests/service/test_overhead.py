@@ -25,7 +25,7 @@ from service.engine.errors import DeadlineExceeded
 from service.logs import JsonFormatter, clean_request_id
 from service.main import create_app
 from service.metrics import Metrics
-from service.middleware import _ROUTE_CACHE_SIZE, RequestMiddleware
+from service.middleware import _ROUTE_CACHE_SIZE, RequestMiddleware, parse_json
 from service.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -143,3 +143,11 @@ async def test_generated_request_id_and_log_line_shape(toy_only: Path) -> None:
             base_url="http://meg.test") as c:
         r = await c.get("/healthz")
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
+
+
+@pytest.mark.parametrize("body", [b'{"a": [1.5, -2, 1e-400]}', b'[18446744073709551615]',
+                                  b'[18446744073709551616]', b'{"n": 100000000000000000000000}',
+                                  b'[1e400]', b'[NaN]', b'"\\ud800"', b'{"a": 1, "a": 2}'])
+def test_fast_json_reads_bodies_as_the_standard_parser(body: bytes) -> None:
+    fast, std = parse_json(body), json.loads(body)
+    assert repr(fast) == repr(std) and type(fast) is type(std)
