@@ -770,6 +770,18 @@ def write_peers(p: dict[str, Any], v: dict[str, Any], info: dict[str, Any], bund
         "meg's native /sample with `Accept: application/octet-stream` and the V2 REST "
         f"`{bundle.name}.sample` model with binary output, taking turns (median of the "
         "repeats). Raw numbers: bench/results/serve_peers.json.",
+        "",
+        "What was removed from meg's request path (issue 12, step 5; bench/profile_energy.py "
+        "shows where the loop time goes): full garbage collections walking the whole heap "
+        "(torch included) mid-request, now frozen once startup completes, which was most of "
+        "the p99; a second route lookup per request in the middleware (cached per path); "
+        "the API-key and engine dependencies FastAPI resolved on every request (a route "
+        "class and the app state instead); the stdlib JSON parser for small bodies; a timer "
+        "per queued request in the batcher; metric label lookups. What remains against the "
+        "bare endpoint is FastAPI's own routing and request handling over meg's larger "
+        "route table, pydantic validation of the body, the JSON access line at INFO, the "
+        "request middleware (body limits, request id, metrics) and the batcher's hand-off "
+        "to the inference thread: each a few percent, none dominant.",
     ]))
 
 
