@@ -498,16 +498,17 @@ class Stack:
     single: dict[str, Call]  # label -> single-row call (meg serves two on one server)
     big: dict[str, Call]  # label -> 4096-row call
     batching: str
+    cwd: Path = ROOT  # where the server runs (another checkout of meg: the code before)
 
 
 @contextlib.contextmanager
 def process_server(cmd: list[str], env: dict[str, str], port: int, ready: str,
-                   log: Path) -> Iterator[str]:
+                   log: Path, cwd: Path = ROOT) -> Iterator[str]:
     """`cmd` in its own process group (LitServe starts worker processes), stderr to `log`;
     yields the base URL once GET `ready` answers 200; SIGTERM to the group at exit."""
     base = f"http://127.0.0.1:{port}"
     with log.open("w") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env},
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env},
                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         try:
             deadline = time.monotonic() + 120
@@ -587,7 +588,9 @@ def _v2_body(name: str, x: np.ndarray, binary: bool) -> tuple[bytes, dict[str, s
                           "Inference-Header-Content-Length": str(len(header))}
 
 
-def peer_stacks(bundle: Path, dim: int, rows: int) -> list[Stack]:
+def peer_stacks(bundle: Path, dim: int, rows: int, before: Path | None = None) -> list[Stack]:
+    """The stacks compared; with `before` (a checkout of meg at an earlier commit), meg's
+    native /energy served from there too."""
     rng = np.random.default_rng(0)
     row = np.full((1, dim), 0.1, dtype=np.float32)
     big = rng.uniform(-1, 1, size=(rows, dim)).astype(np.float32)
@@ -599,6 +602,17 @@ def peer_stacks(bundle: Path, dim: int, rows: int) -> list[Stack]:
 
     v2_path = f"/v2/models/{bundle.name}/infer"
     peer = [sys.executable, str(ROOT / "bench" / "peer_servers.py")]
+    meg_cmd = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
+               "--no-access-log"]
+    earlier: list[Stack] = []
+    if before is not None:
+        rev = subprocess.run(["git", "-C", str(before), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        label = f"meg before ({rev}) /energy"
+        earlier = [Stack("meg-before", meg_cmd, {"MEG_MODELS_DIR": str(bundle)}, "/readyz",
+                         {label: Call("/energy", inputs(row), json_h, "JSON")},
+                         {label: Call("/energy", inputs(big), json_h, "JSON")},
+                         "dynamic batcher (max 256 rows, 2 ms; the defaults)", before)]
     return [
         Stack("meg", [sys.executable, "-m", "uvicorn", "service.main:app", "--host",
                       "127.0.0.1", "--no-access-log"],
@@ -624,14 +638,14 @@ def peer_stacks(bundle: Path, dim: int, rows: int) -> list[Stack]:
               {"KServe ModelServer": Call("/v2/models/energy/infer", *_v2_body("x", big, True),
                                           "V2 binary")},
               "none in-process (KServe batches in its Kubernetes sidecar)"),
-    ]
+    ] + earlier
 
 
 def bench_peers(bundle: Path, rounds: int = 3, seconds: int = 8, rows: int = 4096,
-                repeats: int = 10) -> dict[str, Any]:
+                repeats: int = 10, before: Path | None = None) -> dict[str, Any]:
     """The stacks of `peer_stacks`, one server at a time, taking turns `rounds` times."""
     dim = B.read_manifest(bundle, verify=False).data.dim
-    stacks = peer_stacks(bundle, dim, rows)
+    stacks = peer_stacks(bundle, dim, rows, before)
     single: dict[str, list[dict[str, float]]] = {}
     big: dict[str, list[float]] = {}
     load_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -640,7 +654,8 @@ def bench_peers(bundle: Path, rounds: int = 3, seconds: int = 8, rows: int = 409
         for st in stacks if r % 2 == 0 else stacks[::-1]:
             port = _free_port()
             cmd = [*st.cmd, "--port", str(port)]
-            with process_server(cmd, st.env, port, st.ready, logdir / f"{st.name}.log") as base:
+            with process_server(cmd, st.env, port, st.ready, logdir / f"{st.name}.log",
+                                st.cwd) as base:
                 for label, call in st.single.items():
                     wrk_run(base, call, 2)  # warm up
                     single.setdefault(label, []).append(wrk_run(base, call, seconds))
@@ -661,6 +676,9 @@ def bench_peers(bundle: Path, rounds: int = 3, seconds: int = 8, rows: int = 409
                 "big_s": statistics.median(big[label])}
     out["load_start"] = load_start
     out["load_end"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    out["before"] = next((st.cwd.name for st in stacks if st.cwd != ROOT), None)
+    out["before_rev"] = next((k.split("(")[1].split(")")[0] for k in out["stacks"]
+                              if k.startswith("meg before")), None)
     return out
 
 
@@ -713,6 +731,12 @@ def peer_goal_rows(p: dict[str, Any], v: dict[str, Any]) -> list[tuple[str, str,
     st = p["stacks"]
     meg, bare = st["meg native /energy"], st["bare FastAPI endpoint"]
     peers = {k: x for k, x in st.items() if not k.startswith(("meg", "bare"))}
+    rows = []
+    for k, x in st.items():
+        if k.startswith("meg before"):
+            rows.append((f"single-row req/s, meg / {k.removesuffix(' /energy')}",
+                         f"{meg['rps']:.0f} vs {x['rps']:.0f} (p99 {meg['p99_s'] * 1e3:.1f} vs "
+                         f"{x['p99_s'] * 1e3:.1f} ms)", meg["rps"] / x["rps"], "", ""))
     best = max(peers, key=lambda k: peers[k]["rps"])
 
     def met(ok: bool) -> str:
@@ -734,7 +758,7 @@ def peer_goal_rows(p: dict[str, Any], v: dict[str, Any]) -> list[tuple[str, str,
         (f"/sample n={v['n']} binary: native / V2 REST binary time",
          f"{v['native_binary_s'] * 1e3:.1f} vs {v['v2_binary_s'] * 1e3:.1f} ms",
          v["ratio_v2_native"], ">= 0.9", met(v["ratio_v2_native"] >= 0.9)),
-    ]
+    ] + rows
 
 
 def write_peers(p: dict[str, Any], v: dict[str, Any], info: dict[str, Any], bundle: Path,
@@ -750,7 +774,11 @@ def write_peers(p: dict[str, Any], v: dict[str, Any], info: dict[str, Any], bund
         f"Machine: {machine_line(info)}. Bundle: `{bundle.name}` (version {version}); every "
         "stack serves its energy.onnx through ONNX Runtime with meg's session options "
         "(bench/peer_servers.py). Regenerate: `.venv/bin/python bench/serve.py --bundle "
-        f"models/{bundle.name} --only peers` (needs wrk and the bench extra). Load average "
+        f"models/{bundle.name} --only peers"
+        + (f" --before /tmp/{p['before']}` with `git worktree add --detach /tmp/{p['before']} "
+           f"{p['before_rev']}` (meg before this work, the same bundle)"
+           if p.get("before") else "`")
+        + " (needs wrk and the bench extra). Load average "
         f"(1/5/15 min) at start {p['load_start']}, at end {p['load_end']}: wrk and the "
         "server share the two cores.",
         "",
@@ -808,6 +836,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     p.add_argument("--only", choices=["work-classes", "http-stack", "peers"],
                    help="run one part and rewrite only its section of docs/benchmarks.md")
+    p.add_argument("--before", type=Path, help="peers: also serve meg's /energy from this "
+                   "checkout of an earlier commit (`git worktree add --detach DIR REV`)")
     args = p.parse_args(argv)
     bundle = args.bundle.resolve()
     if not (bundle / B.MANIFEST).is_file():
@@ -854,7 +884,8 @@ def main(argv: list[str] | None = None) -> int:
         v = results["v2_sample"] = bench_v2_sample(bundle, args.n, 3 if args.quick else 15)
         pr = results["peers"] = bench_peers(bundle, rounds=1 if args.quick else 3,
                                             seconds=3 if args.quick else 8,
-                                            repeats=3 if args.quick else 10)
+                                            repeats=3 if args.quick else 10,
+                                            before=args.before)
         for label, x in pr["stacks"].items():
             print(f"{label}: {x['rps']:.0f} req/s, p50 {x['p50_s'] * 1e3:.1f} ms, p99 "
                   f"{x['p99_s'] * 1e3:.1f} ms; {pr['rows']} rows ({x['big_format']}) "
