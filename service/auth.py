@@ -6,8 +6,12 @@ read (service/middleware.py)."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
+
+D = TypeVar("D", bound=Callable[..., Any])
 
 
 def _matches(candidate: str, keys: list[str]) -> bool:
@@ -41,6 +45,15 @@ def check_api_key(authorization: str | None, x_api_key: str | None, keys: list[s
 KEY_CHECKED = "meg.api_key_checked"
 
 
+def guards_api_key(dependency: D) -> D:
+    """Mark a route dependency that checks the API key: the request middleware then
+    checks the key itself, from the headers, before reading any body
+    (service/middleware.py), and the dependency sees it done."""
+    dependency.guards_api_key = True  # type: ignore[attr-defined]
+    return dependency
+
+
+@guards_api_key
 async def require_api_key(request: Request) -> None:
     """Dependency guarding every route except health checks and /metrics. The request
     middleware runs the same check first, from the headers alone, so an unauthenticated

@@ -37,7 +37,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import KEY_CHECKED, check_api_key, require_api_key
+from service.auth import KEY_CHECKED, check_api_key
 from service.errors import error_body
 from service.logs import clean_request_id, request_id_var
 from service.metrics import Metrics
@@ -70,8 +70,10 @@ def _flatten(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
 
 
 def _needs_key(route: BaseRoute) -> bool:
+    """A KeyedRoute, or a route guarded by a dependency that checks the API key
+    (`require_api_key`, or a front-end's wrapper marked `guards_api_key`)."""
     return getattr(route, "needs_api_key", False) or any(
-        getattr(d, "dependency", None) is require_api_key
+        getattr(getattr(d, "dependency", None), "guards_api_key", False)
         for d in getattr(route, "dependencies", []))
 
 
@@ -250,9 +252,11 @@ class RequestMiddleware:
                 partial = route
         return _Found(partial, False, False)
 
-    async def _send_error(self, send: Send, status: int, code: str, message: str,
+    async def _send_error(self, scope: Scope, send: Send, status: int, code: str, message: str,
                           extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        body = json.dumps(error_body(code, message)).encode()
+        # Open Inference Protocol clients expect its own error shape, {"error": "..."}.
+        shape = {"error": message} if scope["path"].startswith("/v2/") else error_body(code, message)
+        body = json.dumps(shape).encode()
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())] + (extra_headers or [])
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -312,7 +316,7 @@ class RequestMiddleware:
                     try:
                         check_api_key(headers.authorization, headers.api_key, self.api_keys)
                     except HTTPException as e:
-                        await self._send_error(send_wrapper, 401, "unauthorized", str(e.detail), [
+                        await self._send_error(scope, send_wrapper, 401, "unauthorized", str(e.detail), [
                             (k.lower().encode(), v.encode()) for k, v in (e.headers or {}).items()])
                         return
                 # Checked here, from the headers: the route's own dependency need not redo it.
@@ -322,28 +326,28 @@ class RequestMiddleware:
                 # V2 inference bodies may carry binary tensors (service/v2/rest.py reads them).
                 if not _is_json(content_type) and not scope["path"].startswith("/v2/"):
                     if content_type.split(";", 1)[0].strip().lower() not in _READ_AS_JSON:
-                        await self._send_error(send_wrapper, 415, "unsupported_media_type",
+                        await self._send_error(scope, send_wrapper, 415, "unsupported_media_type",
                                                "send the body as application/json")
                         return
                     scope = _as_json_scope(scope)
                 length = headers.content_length
                 if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
                     if length.isdigit():
-                        await self._send_error(send_wrapper, 413, "payload_too_large",
+                        await self._send_error(scope, send_wrapper, 413, "payload_too_large",
                                                f"body over {self.max_body_bytes} bytes")
                     else:
-                        await self._send_error(send_wrapper, 400, "bad_request",
+                        await self._send_error(scope, send_wrapper, 400, "bad_request",
                                                "invalid Content-Length")
                     return
                 try:
                     body = await self._read_body(receive)
                 except _TooLarge:
-                    await self._send_error(send_wrapper, 413, "payload_too_large",
+                    await self._send_error(scope, send_wrapper, 413, "payload_too_large",
                                            f"body over {self.max_body_bytes} bytes")
                     return
                 except _Stalled:
                     # The rest of the body may still come: the connection cannot be reused.
-                    await self._send_error(send_wrapper, 408, "body_timeout",
+                    await self._send_error(scope, send_wrapper, 408, "body_timeout",
                                            f"request body not received within "
                                            f"{self.body_timeout_s:g} s", [(b"connection", b"close")])
                     return
@@ -363,7 +367,7 @@ class RequestMiddleware:
             log.exception("unhandled error")
             if started:
                 raise  # too late to answer; the server closes the connection
-            await self._send_error(send_wrapper, 500, "internal_error", "internal server error")
+            await self._send_error(scope, send_wrapper, 500, "internal_error", "internal server error")
         finally:
             self._record(scope, status, time.perf_counter() - t0, found.route)
             self.metrics.in_flight.dec()

@@ -29,7 +29,7 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.auth import require_api_key
+from service.auth import guards_api_key, require_api_key
 from service.engine import Engine
 from service.engine.errors import EngineError
 from service.errors import ENGINE_STATUS
@@ -61,6 +61,7 @@ def _from_engine(exc: EngineError) -> V2Error:
     return V2Error(v2_status(exc), exc.message, headers)
 
 
+@guards_api_key
 async def _v2_api_key(request: Request) -> None:
     """The native API-key check, answering in the V2 error shape."""
     try:

@@ -4,6 +4,7 @@ rejections are counted under their route. Against a real uvicorn server on loopb
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import threading
@@ -95,6 +96,18 @@ def test_unauthenticated_big_body_is_refused_before_it_is_read(server: str) -> N
     r = httpx.post(f"{server}/energy", content=b"[" + b"0," * (5 * 2**19) + b"0]",
                    headers={"Content-Type": "application/json"}, timeout=10)
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+
+
+def test_unauthenticated_v2_body_is_refused_before_it_is_read(server: str) -> None:
+    """The Open Inference Protocol routes have their own key dependency: the middleware
+    still checks it from the headers, and answers in the V2 error shape."""
+    head = ("POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {5 * 1024 * 1024}\r\n\r\n")
+    out, elapsed = _raw(server, head)
+    assert b" 401 " in out.partition(b"\r\n")[0], out
+    assert elapsed < 0.3
+    body = json.loads(out.partition(b"\r\n\r\n")[2])
+    assert isinstance(body["error"], str) and "API key" in body["error"]
 
 
 def test_healthz_stays_fast_while_a_big_body_is_parsed(server: str) -> None:
