@@ -32,7 +32,7 @@ METRICS = {
 def run(recipe: str, seed: int, workdir: Path) -> dict:
     meg = Path(sys.executable).with_name("meg")
     cmd = [str(meg), "train", recipe, "--seed", str(seed), "--quiet",
-           "--out", str(workdir / "models" / f"{recipe}-s{seed}"), "--run-dir", str(workdir / "runs" / recipe)]
+           "--out", str(workdir / "models" / f"{recipe}-s{seed}"), "--run-dir", str(workdir / "runs" / f"{recipe}-s{seed}")]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.time() - t0
