@@ -6,6 +6,7 @@
     meg recipes
     meg serve [--models DIR] [--host HOST] [--port PORT]
     meg score FILE [--model NAME] (--url URL | --bundle PATH) [--out FILE] [--chunk-size N]
+              [--no-header]
 
 Subcommands import what they need lazily: `meg serve` never imports training code.
 """
@@ -94,7 +95,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise ScoreError("give exactly one of --url (a server) or --bundle (in-process)")
     src, out = Path(args.file), Path(args.out) if args.out else None
     opts = {"out": out, "chunk_size": args.chunk_size, "keep": args.keep,
-            "progress": not args.quiet}
+            "progress": not args.quiet, "header": not args.no_header}
     if args.url is not None:
         if not args.model:
             raise ScoreError("--model NAME is required with --url")
@@ -175,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--chunk-size", type=int, default=1000, metavar="N",
                     help="rows read and scored at a time (default 1000); with --url sent in "
                     "requests of at most 1000 rows")
+    sc.add_argument("--no-header", action="store_true",
+                    help="the CSV has no header row: its first columns are the model's input "
+                    "features in order (further ones are named column<i>, for --keep), as "
+                    "in the raw KDDCUP99 file")
     sc.add_argument("--keep", action="append", metavar="COLUMN",
                     help="copy this input column into the output, e.g. an id (repeatable)")
     flag = sc.add_mutually_exclusive_group()

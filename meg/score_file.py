@@ -220,9 +220,21 @@ class ServerScorer:
 # --------------------------------------------------------------------------- files
 
 
-def read_chunks(path: Path, chunk_size: int) -> Iterator[Any]:
-    """pandas DataFrames of at most `chunk_size` rows; never the whole file at once."""
+def read_chunks(path: Path, chunk_size: int, names: list[str] | None = None) -> Iterator[Any]:
+    """pandas DataFrames of at most `chunk_size` rows; never the whole file at once.
+    `names`: the CSV has no header row; its first columns are these, in this order, and
+    any further ones (a label, say) are named column<i> (i counting from 0)."""
     import pandas as pd
+
+    if names is not None:
+        with pd.read_csv(path, chunksize=chunk_size, header=None) as reader:
+            for chunk in reader:
+                if chunk.shape[1] < len(names):
+                    raise ScoreError(f"{path.name} has {chunk.shape[1]} columns; the model "
+                                     f"reads {len(names)} ({', '.join(names[:4])}, ...)")
+                chunk.columns = names + [f"column{i}" for i in range(len(names), chunk.shape[1])]
+                yield chunk
+        return
 
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
@@ -286,9 +298,11 @@ class ScoreSummary:
 
 def score_file(path: Path, scorer: Scorer, out: Path | None = None, chunk_size: int = 1000,
                keep: list[str] | None = None, progress: bool = True,
-               stream: IO[str] | None = None) -> ScoreSummary:
+               stream: IO[str] | None = None, header: bool = True) -> ScoreSummary:
     """Score every row of `path` (CSV or Parquet) chunk by chunk; write the scores to `out`
-    (stdout when None). Raises ScoreError naming the row range at fault."""
+    (stdout when None). `header=False`: a CSV without a header row whose columns are the
+    model's input features in order (e.g. the raw KDDCUP99 file). Raises ScoreError
+    naming the row range at fault."""
     import pandas as pd
     from tqdm import tqdm
 
@@ -299,7 +313,10 @@ def score_file(path: Path, scorer: Scorer, out: Path | None = None, chunk_size: 
                desc=f"scoring {path.name}")
     start = flagged = 0
     try:
-        for chunk in read_chunks(path, chunk_size):
+        if not header and path.suffix.lower() in (".parquet", ".pq"):
+            raise ScoreError("--no-header is for CSV files (Parquet columns have names)")
+        names = None if header else list(scorer.columns.features)
+        for chunk in read_chunks(path, chunk_size, names):
             n = len(chunk)
             try:
                 inputs, records = request_of(chunk, scorer.columns)

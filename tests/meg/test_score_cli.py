@@ -100,6 +100,33 @@ def test_parquet_records_through_server_and_bundle(tiny_models_dir: Path, tmp_pa
     assert a["is_anomaly"].dtype == bool and b["row"].tolist() == list(range(120))
 
 
+def test_headerless_gzip_csv_like_the_raw_kdd_file(tiny_models_dir: Path, tmp_path: Path,
+                                                   app_client: TestClient) -> None:
+    """--no-header: the columns are the model's features in order, a trailing label column
+    is kept by its position name; gzip is read as is. Same numbers as named columns."""
+    table = make_table(n=60, seed=3)
+    features = read_manifest(tiny_models_dir / "events").preprocessing.features  # type: ignore[union-attr]
+    ordered = table[[f.name for f in features]].copy()
+    ordered["label"] = [f"l{i % 3}" for i in range(60)]
+    raw = tmp_path / "events.data.gz"
+    ordered.to_csv(raw, index=False, header=False, compression="gzip")
+    named = tmp_path / "events.csv"
+    ordered.to_csv(named, index=False)
+    out_raw, out_named = tmp_path / "raw.csv", tmp_path / "named.csv"
+    common = ["--bundle", str(tiny_models_dir / "events"), "--target-fpr", "0.3", "--quiet"]
+    assert main(["score", str(raw), "--no-header", "--keep", f"column{len(features)}",
+                 "--out", str(out_raw), "--chunk-size", "16", *common]) == 0
+    assert main(["score", str(named), "--out", str(out_named), *common]) == 0
+    a, b = pd.read_csv(out_raw), pd.read_csv(out_named)
+    assert len(a) == 60 and a[f"column{len(features)}"].tolist() == ordered["label"].tolist()
+    np.testing.assert_array_equal(a["score"], b["score"])
+    assert a["is_anomaly"].tolist() == b["is_anomaly"].tolist()
+    # Fewer columns than the model reads: a clear error, exit 2.
+    short = tmp_path / "short.csv"
+    ordered.iloc[:, :2].to_csv(short, index=False, header=False)
+    assert main(["score", str(short), "--no-header", *common]) == 2
+
+
 def test_url_against_a_live_server(tiny_models_dir: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     models = tmp_path / "models"
