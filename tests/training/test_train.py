@@ -113,7 +113,7 @@ def test_resume_keeps_the_best_checkpoint_so_far(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "selection_scores",
                         lambda *a: {**real(*a), "swap_auroc": next(values)})
     run = tmp_path / "run"
-    base = ["data.n=1000", "train.select_every=2"]
+    base = ["data.n=1000", "train.select='swap_auroc'", "train.select_every=2"]
     train(tiny("25gaussians", *base, "train.steps=4"), None, run, progress=False)
     res = train(tiny("25gaussians", *base, "train.steps=10"), None, run, resume=True,
                 progress=False)
@@ -170,7 +170,8 @@ def test_the_export_is_the_best_checkpoint_by_the_criterion(tmp_path, monkeypatc
     exported = {}
     monkeypatch.setattr(T, "export_bundle",
                         lambda meg, *a, **k: exported.update(_energy_params(meg)))
-    base = ["data.n=1000", "train.lr_schedule='constant'", "train.select_every=2"]
+    base = ["data.n=1000", "train.lr_schedule='constant'", "train.select='swap_auroc'",
+            "train.select_every=2"]
     res = train(tiny("25gaussians", *base, "train.steps=10"), tmp_path / "m", tmp_path / "run",
                 progress=False)
     assert res.steps == 10 and res.metrics["selected_step"] == 4
