@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,3 +39,17 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += float(s.value)
     return total
+
+
+def wait_ready(proc: subprocess.Popen[str], base: str, timeout: float = 60.0) -> None:
+    """Poll a server process's /readyz until 200; fail with its output if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server never became ready"
+        time.sleep(0.1)

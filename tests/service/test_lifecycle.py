@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from svc_helpers import metric_value, serve_app
+from svc_helpers import metric_value, serve_app, wait_ready
 
 from meg import bundle as B
 from service.engine.models import ModelRegistry, load_model
@@ -132,16 +132,7 @@ def test_uvicorn_subprocess_serves_and_stops_on_sigterm(toy_only: Path) -> None:
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.2)
+        wait_ready(proc, base)
         r = httpx.post(f"{base}/sample", json={"model": "toy", "n": 4, "seed": 0},
                        headers={"X-Request-ID": "sub-1"}, timeout=10)
         assert r.status_code == 200 and len(r.json()["samples"]) == 4

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import ValidationError
+from svc_helpers import wait_ready
 
 from service.settings import Settings
 
@@ -42,26 +43,13 @@ def _meg_serve(models: Path, port: int, **env: str) -> subprocess.Popen[str]:
                             stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_ready(proc: subprocess.Popen[str], base: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server never became ready"
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_sigterm_with_mcmc_requests_in_flight_loses_nothing(toy_only: Path) -> None:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _meg_serve(toy_only, port, MEG_REQUEST_TIMEOUT_S="10", MEG_MAX_MCMC_STEPS="100000")
     try:
-        _wait_ready(proc, base)
+        wait_ready(proc, base)
         body = {"model": "toy", "n": 16, "mcmc": {"steps": 1500}}
 
         def one(i: int) -> tuple[int, str, float, float]:
