@@ -353,7 +353,7 @@ class ChainLoop:
         batch over the rows that stay."""
         now = time.monotonic()
         stay: list[_Run] = []
-        keep: list[torch.Tensor] = []
+        keep: list[tuple[int, int]] = []  # row ranges of the runs that stay
         start = 0
         for r in self._active:
             end = start + r.spec.n
@@ -367,11 +367,13 @@ class ChainLoop:
                 _fail(r, DeadlineExceeded("MCMC"))
             else:
                 stay.append(r)
-                keep.append(torch.arange(start, end, device=self.device))
+                keep.append((start, end))
             start = end
         if len(stay) != len(self._active):
-            rows = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long,
-                                                            device=self.device)
+            # Index tensors only when the batch changes: building them every step cost
+            # one small allocation per run per step.
+            rows = (torch.cat([torch.arange(a, b, device=self.device) for a, b in keep])
+                    if keep else torch.zeros(0, dtype=torch.long, device=self.device))
             self._z, self._u = self._batch_z[rows], self._batch_u[rows]
             self._g, self._acc = self._batch_g[rows], self._batch_acc[rows]
             self._keep_batch()
