@@ -100,35 +100,47 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
+def process_server(cmd: list[str], env: dict[str, str], port: int, ready: str,
+                   log: Path, cwd: Path = ROOT) -> Iterator[str]:
+    """`cmd` in its own process group (LitServe starts worker processes), stderr to `log`;
+    yields the base URL once GET `ready` answers 200; SIGTERM to the group at exit."""
+    base = f"http://127.0.0.1:{port}"
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env},
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{cmd} exited: {log.read_text()[-2000:]}")
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(base + ready, timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{cmd} not ready after 120 s")
+                time.sleep(0.2)
+            yield base
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@contextlib.contextmanager
 def server(bundle: Path, uvicorn_args: tuple[str, ...] = (), **env: str) -> Iterator[str]:
     """A real `uvicorn service.main:app` on loopback serving `bundle`; SIGTERM at exit."""
     port = _free_port()
-    full_env = {**os.environ, "MEG_MODELS_DIR": str(bundle), "MEG_LOG_LEVEL": "WARNING",
-                "MEG_MAX_SAMPLES": "100000", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--host",
-                             "127.0.0.1", "--port", str(port), "--no-access-log",
-                             *uvicorn_args],
-                            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server not ready after 120 s")
-            time.sleep(0.2)
+    env = {"MEG_MODELS_DIR": str(bundle), "MEG_LOG_LEVEL": "WARNING",
+           "MEG_MAX_SAMPLES": "100000", **env}
+    cmd = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
+           "--port", str(port), "--no-access-log", *uvicorn_args]
+    with tempfile.TemporaryDirectory() as tmp, \
+            process_server(cmd, env, port, "/readyz", Path(tmp) / "server.log") as base:
         yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 # --------------------------------------------------------------------------- 1. HTTP vs in-process
@@ -499,37 +511,6 @@ class Stack:
     big: dict[str, Call]  # label -> 4096-row call
     batching: str
     cwd: Path = ROOT  # where the server runs (another checkout of meg: the code before)
-
-
-@contextlib.contextmanager
-def process_server(cmd: list[str], env: dict[str, str], port: int, ready: str,
-                   log: Path, cwd: Path = ROOT) -> Iterator[str]:
-    """`cmd` in its own process group (LitServe starts worker processes), stderr to `log`;
-    yields the base URL once GET `ready` answers 200; SIGTERM to the group at exit."""
-    base = f"http://127.0.0.1:{port}"
-    with log.open("w") as err:
-        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env},
-                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{cmd} exited: {log.read_text()[-2000:]}")
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(base + ready, timeout=1).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{cmd} not ready after 120 s")
-                time.sleep(0.2)
-            yield base
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
