@@ -22,6 +22,8 @@ import httpx
 import numpy as np
 import orjson
 
+from meg.results import Energies, Latents
+
 Rows = np.ndarray | Sequence[Sequence[float]]
 Records = Sequence[dict[str, Any]]
 
@@ -61,20 +63,6 @@ class Samples:
     records: list[dict[str, Any]] | None = None  # decoded rows, when asked for
     acceptance_rate: float | None = None  # with MCMC
     step_size: float | None = None  # with MCMC
-
-
-@dataclass(frozen=True)
-class Energies:
-    model: str
-    version: str
-    energies: np.ndarray  # (N,) float32
-
-
-@dataclass(frozen=True)
-class Latents:
-    model: str
-    version: str
-    latent: np.ndarray  # (N, latent_dim) float32
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from meg import scoring
 from meg.bundle import valid_name
 from meg.preprocessing import RecordError
 from meg.render import preview_png
+from meg.results import Energies, Latents
 from service.engine.admission import Admission
 from service.engine.batching import BatcherPool
 from service.engine.chains import ChainLoop, ChainSpec
@@ -39,8 +40,6 @@ from service.engine.models import LoadedModel, ModelRegistry
 from service.engine.results import (
     Anomalies,
     Contribution,
-    Energies,
-    Latents,
     MCMCParams,
     Rows,
     Samples,

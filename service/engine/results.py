@@ -1,5 +1,6 @@
 """What the engine's operations return: small typed records, arrays as numpy. Front-ends
-turn them into their protocol's bodies."""
+turn them into their protocol's bodies. Energies and Latents, the same for the client,
+live in meg.results."""
 
 from __future__ import annotations
 
@@ -40,20 +41,6 @@ class Samples:
     records: list[dict[str, object]] | None = None  # decoded rows, when asked for
     acceptance_rate: float | None = None  # with MCMC: mean acceptance over chains
     step_size: float | None = None  # with MCMC: final (adapted) step size
-
-
-@dataclass(frozen=True)
-class Energies:
-    model: str
-    version: str
-    energies: np.ndarray  # (N,) float32
-
-
-@dataclass(frozen=True)
-class Latents:
-    model: str
-    version: str
-    latent: np.ndarray  # (N, latent_dim) float32
 
 
 @dataclass(frozen=True)
