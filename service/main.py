@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -115,6 +116,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             grpc_frontend = GrpcFrontend(engine, app.version, settings.api_key_list,
                                          settings.max_body_bytes)
             app.state.grpc_port = await grpc_frontend.start(settings.host, settings.grpc_port)
+        # Everything alive now (bundles loaded and warmed up, torch and ONNX Runtime) moves
+        # out of the garbage collector's reach: otherwise every full collection walks the
+        # whole heap, milliseconds that stall every request in flight (bench/serve.py
+        # --only peers: p99 96 -> 25 ms, +30% req/s). Young generations first (cheap).
+        gc.collect(1)
+        gc.freeze()
         try:
             yield
         finally:

@@ -10,17 +10,12 @@
 * metrics: meg_requests_total / meg_request_duration_seconds by route template (early
   rejections too, when the path matches a route) and model, meg_requests_in_flight;
 * one structured access-log line per request;
-* last resort: an exception escaping the app becomes a logged 500 in the error shape;
-* once startup is complete (bundles loaded and warmed up), everything then alive is moved
-  out of the garbage collector's reach (`gc.freeze`): otherwise every full collection
-  walks the whole heap (torch and ONNX Runtime included), several milliseconds that stall
-  every request in flight (bench/serve.py --only peers: p99 96 -> 25 ms, +30% req/s).
+* last resort: an exception escaping the app becomes a logged 500 in the error shape.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import re
@@ -196,17 +191,6 @@ def _as_json_scope(scope: Scope) -> Scope:
     return {**scope, "headers": headers + [(b"content-type", b"application/json")]}
 
 
-def _freezing_after_startup(send: Send) -> Send:
-    async def send_and_freeze(message: Message) -> None:
-        if message["type"] == "lifespan.startup.complete":
-            # The young generations only (cheap): startup's few cycles in the old one stay.
-            gc.collect(1)
-            gc.freeze()
-        await send(message)
-
-    return send_and_freeze
-
-
 class RequestMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int,
                  router: Router | None = None, api_keys: list[str] | None = None,
@@ -287,8 +271,6 @@ class RequestMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                send = _freezing_after_startup(send)
             await self.app(scope, receive, send)
             return
         headers = _Headers.of(scope)
