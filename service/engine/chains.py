@@ -28,8 +28,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import math
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -98,6 +102,40 @@ class ChainTicket:
         self.future.cancel()
 
 
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_retaining = False
+
+
+def retain_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
+    """Keep memory that torch frees in the process (glibc only; process-wide; idempotent).
+
+    A batched MALA step allocates and frees the same activations every step (1024 chains
+    x 256 hidden units: 1 MiB each). glibc hands freed memory at the top of a heap back
+    to the kernel beyond a trim threshold of a few MiB (and a thread's arena, where the
+    chain loop allocates, shrinks its heaps likewise), so the next step page-faults it
+    all back in: ~2000 minor faults per step, 20-30% of a step's time with one torch
+    thread (bench/profile_chains.py). Fixed thresholds (which also stop glibc's dynamic
+    adjustment) keep up to `trim_threshold` bytes of freed heap for reuse; allocations
+    above `mmap_threshold` (32 MiB is glibc's maximum) still map and unmap. An operator's
+    own MALLOC_* or GLIBC_TUNABLES settings win: nothing is changed then."""
+    global _retaining
+    if _retaining:
+        return True
+    if not sys.platform.startswith("linux") or any(
+            k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _retaining = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+                      and mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    return _retaining
+
+
 def batched_latent_energy(generator: Net, energy: Net, temperature: torch.Tensor,
                           prior: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """`meg.mala.latent_energy` with a temperature (B,) and a prior flag (B,) per row."""
@@ -156,6 +194,7 @@ class ChainLoop:
         self._u_fn: Callable[[torch.Tensor], torch.Tensor] = lambda z: z.sum(dim=1)
         self._reset_batch()
         self.steps_run = 0  # batched steps taken (for tests and benchmarks)
+        retain_freed_memory()
 
     # ------------------------------------------------------------------ requests
 

@@ -34,7 +34,7 @@ from meg.render import preview_png
 from meg.results import Energies, Latents
 from service.engine.admission import Admission
 from service.engine.batching import BatcherPool
-from service.engine.chains import ChainLoop, ChainSpec
+from service.engine.chains import ChainLoop, ChainSpec, retain_freed_memory
 from service.engine.errors import DeadlineExceeded, InvalidInput, ModelNotFound, Unavailable
 from service.engine.models import LoadedModel, ModelRegistry
 from service.engine.results import (
@@ -338,6 +338,7 @@ class Engine:
         model's batched chain loop (the same z as running alone), or with batching off
         alone in the heavy pool, bounded by the mcmc admission class."""
         if not self.settings.mcmc_batching:
+            retain_freed_memory()  # as the chain loop does: the same allocator either way
             async with self.admission["mcmc"].slot(deadline):
                 return await self.blocking(
                     model.sample_latent_mcmc, n, mcmc.steps, mcmc.step_size, mcmc.temperature,
