@@ -10,18 +10,19 @@ s in 0..seeds-1: the normal rows are shuffled (seed s); 60% are the training sha
 the other 40% plus every anomaly the test set. A quarter of the training share is held
 out as calibration rows (never trained on), so every method fits on the same 45% of
 the normal rows. Features are min-max scaled with those fitting rows' min and max
-(constant columns map to 0), for every method alike. The calibration rows are split in
-two halves (`meg.support.split_calibration`): the first fits the ECDFs that combine
-meg's energy with the support distance, the second calibrates the conformal p-values
-(`meg.scoring.conformal_pvalues`) of every method's scores; the calibration table is
-the share of the test set's normal rows whose p-value is <= α (the realized false
-positive rate; α is what it should be at most).
+(constant columns map to 0), for every method alike. Every calibration row calibrates
+the conformal p-values (`meg.scoring.conformal_pvalues`) of every method's scores: the
+ECDFs that combine meg's energy with the support distance are fitted on the training
+rows (`meg.support.fit_support`), so the combined score does not depend on the
+calibration rows and its p-values stay exact. The calibration table is the share of
+the test set's normal rows whose p-value is <= α (the realized false positive rate; α
+is what it should be at most).
 
 Methods:
 - meg: the `tabular` recipe (`--steps` generator steps, one torch thread), trained in
   process; its score variants (`meg.support`; bench/common.py `support_scores`):
   `energy`, `knn` (distance to the nearest distinct training row), `energy+knn`
-  (Fisher combination of both conformal surprises), and the same two in the encoder's
+  (weighted Fisher combination of both surprises), and the same two in the encoder's
   latent space (`knn-latent`, `energy+knn-latent`).
 - PyOD (bench/baselines.py, defaults unless stated): IForest, KNN, ECOD, OCSVM (fitted
   on at most 5,000 rows), AutoEncoder (PyOD's defaults: 10 epochs of batch 32).
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from meg.bundle import DataSpec
-from meg.support import REFERENCE_CAP, split_calibration
+from meg.support import REFERENCE_CAP
 from training.data import Dataset
 from training.data.files import data_dir
 from training.evaluate import anomaly_metrics
@@ -84,8 +85,7 @@ class Split:
     """One seeded split of a dataset, min-max scaled on `train`."""
 
     train: np.ndarray  # (N, D) float32: the rows every method fits on
-    cal_fit: np.ndarray  # held-out normal rows fitting meg's combination ECDFs
-    cal_conformal: np.ndarray  # held-out normal rows calibrating p-values
+    cal: np.ndarray  # held-out normal rows calibrating every method's p-values
     test_x: np.ndarray  # test normal rows first, then every anomaly
     test_y: np.ndarray  # (T,) int64, 1 = anomaly
 
@@ -111,7 +111,6 @@ def make_split(x: np.ndarray, y: np.ndarray, seed: int) -> Split:
     share, test_normal = normal[:n_share], normal[n_share:]
     n_cal = int(round(CAL_SHARE * n_share))
     cal, train = share[:n_cal], share[n_cal:]
-    halves = split_calibration(n_cal, seed)
     lo, hi = x[train].min(axis=0), x[train].max(axis=0)
     scale = np.where(hi > lo, 1.0 / np.where(hi > lo, hi - lo, 1.0), 0.0)
 
@@ -120,7 +119,7 @@ def make_split(x: np.ndarray, y: np.ndarray, seed: int) -> Split:
 
     anomalies = np.flatnonzero(y == 1)
     return Split(
-        train=prep(train), cal_fit=prep(cal[halves.fit]), cal_conformal=prep(cal[halves.conformal]),
+        train=prep(train), cal=prep(cal),
         test_x=prep(np.concatenate([test_normal, anomalies])),
         test_y=np.concatenate([np.zeros(len(test_normal), np.int64), np.ones(len(anomalies), np.int64)]),
     )
@@ -130,20 +129,19 @@ def run_split(name: str, seed: int, split: Split, methods: list[str], steps: int
               threads: int) -> list[dict[str, Any]]:
     contamination = float(split.test_y.mean())
     base = {"dataset": name, "seed": seed, "train_rows": len(split.train),
-            "cal_fit_rows": len(split.cal_fit), "cal_conformal_rows": len(split.cal_conformal),
+            "cal_rows": len(split.cal),
             "test_rows": len(split.test_y), "test_anomalies": int(split.test_y.sum())}
     out: list[dict[str, Any]] = []
     if any(m in MEG for m in methods):
         ds = Dataset(name=name, train=split.train,
-                     val=np.concatenate([split.cal_fit, split.cal_conformal]),
+                     val=split.cal,
                      test_x=split.test_x, test_y=split.test_y,
                      spec=DataSpec(kind="tabular", shape=[split.train.shape[1]],
                                    feature_names=[f"x{i}" for i in range(split.train.shape[1])]),
                      contamination=contamination)
         sets = [f"train.steps={steps}"] + ([f"train.num_threads={threads}"] if threads > 0 else [])
         rec = train_recipe("tabular", ds, sets, seed, ("auroc",), keep_model=True)
-        sup = support_scores(rec["model"], split.train, split.cal_fit,
-                             {"test": split.test_x, "cal": split.cal_conformal})
+        sup = support_scores(rec["model"], split.train, {"test": split.test_x, "cal": split.cal})
         for m in methods:
             if m not in MEG:
                 continue
@@ -161,7 +159,7 @@ def run_split(name: str, seed: int, split: Split, methods: list[str], steps: int
         if m in MEG:
             continue
         b = run_baseline(m, split.train, split.test_x, split.test_y, contamination, seed=seed,
-                         epochs=AE_EPOCHS, batch_size=AE_BATCH, calibration_x=split.cal_conformal)
+                         epochs=AE_EPOCHS, batch_size=AE_BATCH, calibration_x=split.cal)
         assert b.scores is not None and b.calibration_scores is not None
         out.append({**base, "method": m, "params": b.params,
                     "metrics": {**b.metrics,
@@ -340,7 +338,7 @@ def fpr_table(data: dict[str, Any]) -> str:
     body = []
     for d in s["datasets"]:
         rs = [r for r in runs if r["dataset"] == d]
-        n_conf = int(np.mean([r["cal_conformal_rows"] for r in rs]))
+        n_conf = int(np.mean([r.get("cal_rows", r.get("cal_conformal_rows", 0)) for r in rs]))
         cells = []
         for m in methods:
             mr = [r["metrics"] for r in rs if r["method"] == m]
@@ -448,17 +446,18 @@ def render(data: dict[str, Any]) -> None:
         f"{100 * data['cal_share']:.0f}% of the training share is held out as calibration "
         "rows, so every method fits on the same "
         f"{100 * data['train_share'] * (1 - data['cal_share']):.0f}% of the normal rows, "
-        "min-max scaled on them. The calibration rows are halved: the first half fits the "
-        "ECDFs of meg's `energy+knn` combination, the second calibrates every method's "
-        "conformal p-values (`meg.scoring.conformal_pvalues`). AUROC / AUPRC with anomaly = "
-        f"positive, mean over the {seeds} seeds.",
+        "min-max scaled on them. Every calibration row calibrates every method's conformal "
+        "p-values (`meg.scoring.conformal_pvalues`); meg's `energy+knn` fits its "
+        "combination on the training rows, so no calibration row is spent on it. AUROC / "
+        f"AUPRC with anomaly = positive, mean over the {seeds} seeds.",
         "",
         f"- meg: `meg train tabular --set train.steps={data['meg_steps']}` (one torch "
         "thread), trained in process; score variants from `meg.support`: `energy` (E(x)), "
         "`knn` (Euclidean distance to the nearest distinct training row, reference set "
-        f"capped at {REFERENCE_CAP:,} rows), `energy+knn` (sum of both components' conformal surprises "
-        "−log p against the calibration half: Fisher's combination), and the same two "
-        "searching the encoder's latent codes (`-latent`).",
+        f"capped at {REFERENCE_CAP:,} rows), `energy+knn` (weighted sum of both components' "
+        "surprises −log p against their training rows' scores, the distance's leave-one-out: "
+        "a weighted Fisher combination, `meg.support`), and the same two searching the "
+        "encoder's latent codes (`-latent`).",
         f"- Peers (`bench/baselines.py`, PyOD defaults): IForest, KNN (5th neighbour), ECOD, "
         f"OCSVM (≤ 5,000 rows), AutoEncoder ({data['ae']['epochs']} epochs of batch "
         f"{data['ae']['batch_size']}: PyOD's defaults). Fitted on the same rows.",
@@ -480,11 +479,11 @@ def render(data: dict[str, Any]) -> None:
         "### Calibration: realized false-positive rate of the conformal p-values",
         "",
         "Share of the test set's normal rows with p ≤ α, at α = "
-        f"{' / '.join(f'{a:g}' for a in ALPHAS)} (each cell: both), p-values against the "
-        "calibration half. A valid p-value keeps it at most α up to sampling noise; where "
-        "the calibration half has fewer than 1/α − 1 rows no p-value can reach α and the "
-        "rate is 0 by construction. The last row is the power: the share of anomalies "
-        "flagged at the same α.",
+        f"{' / '.join(f'{a:g}' for a in ALPHAS)} (each cell: both), p-values against every "
+        "calibration row. A valid p-value keeps it at most α up to sampling noise; where "
+        "there are fewer than 1/α − 1 calibration rows no p-value can reach α and the rate "
+        "is 0 by construction; with n rows the expected rate is ⌊α(n+1)⌋/(n+1). The last "
+        "row is the power: the share of anomalies flagged at the same α.",
         "",
         fpr_table(data),
     ]))

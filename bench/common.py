@@ -193,12 +193,12 @@ class SupportScores:
     seconds: dict[str, float]  # "energy", "input", "latent": fit + scoring wall time
 
 
-def support_scores(model: Any, train: np.ndarray, cal_fit: np.ndarray,
-                   rows: dict[str, np.ndarray], cap: int | None = None) -> SupportScores:
+def support_scores(model: Any, train: np.ndarray, rows: dict[str, np.ndarray],
+                   cap: int | None = None) -> SupportScores:
     """Score `rows` (name -> model-space rows) with every score variant of a trained MEG
-    `model`: the reference set from `train` (the rows it was trained on), the ECDFs of
-    the combination from `cal_fit` (held-out normal rows, disjoint from `train`). The
-    latent variants search the encoder's codes instead of the rows."""
+    `model`: the reference set and the combination's ECDFs from `train` (the rows it
+    was trained on; meg.support.fit_support), so that every held-out row is free to
+    calibrate. The latent variants search the encoder's codes instead of the rows."""
     import torch
 
     from meg.support import REFERENCE_CAP, fit_support
@@ -208,10 +208,12 @@ def support_scores(model: Any, train: np.ndarray, cal_fit: np.ndarray,
     device = next(model.energy.parameters()).device
     t0 = time.perf_counter()
     energy = {k: batched(model.energy, v, device).astype(np.float64) for k, v in rows.items()}
-    fit_energy = batched(model.energy, cal_fit, device).astype(np.float64)
     out: dict[str, dict[str, np.ndarray]] = {"energy": energy}
     seconds = {"energy": time.perf_counter() - t0}
     refs: dict[str, int] = {}
+
+    def energy_of(x: np.ndarray) -> np.ndarray:
+        return batched(model.energy, x, device).astype(np.float64)
 
     def encode(x: np.ndarray) -> np.ndarray:
         return batched(model.encoder, x, device)
@@ -222,7 +224,17 @@ def support_scores(model: Any, train: np.ndarray, cal_fit: np.ndarray,
     for space, suffix, f in (("input", "", same), ("latent", "-latent", encode)):
         t1 = time.perf_counter()
         with torch.no_grad():
-            sm = fit_support(f(train), f(cal_fit), fit_energy, cap=cap)
+            # the ECDF fit scores training rows' energies; in latent space through the
+            # codes, so fit on the codes with the energies of the rows they encode
+            x_train = f(train)
+            by_code = {c.tobytes(): i for i, c in enumerate(np.asarray(x_train, np.float32))}
+
+            def fit_energy(codes: np.ndarray, x_train: np.ndarray = x_train,
+                           by_code: dict[bytes, int] = by_code) -> np.ndarray:
+                idx = [by_code[c.tobytes()] for c in np.asarray(codes, np.float32)]
+                return energy_of(train[idx])
+
+            sm = fit_support(x_train, fit_energy, cap=cap)
             dist = {k: sm.distance(f(v)) for k, v in rows.items()}
         out["knn" + suffix] = dist
         out["energy+knn" + suffix] = {k: sm.combine(energy[k], dist[k]) for k in rows}

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from meg.scoring import flag, threshold_from_scores
-from meg.support import REFERENCE_CAP, split_calibration
+from meg.support import REFERENCE_CAP
 from training.data.kdd import ANOMALY_LABEL, load_kdd, row_labels
 from training.evaluate import anomaly_metrics
 
@@ -116,17 +116,16 @@ def run_meg_support(ds: Any, seed: int, split_seed: int, steps: int | None,
                     threads: int) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
     """One `meg-encoder` run on the training rows less `CAL_ROWS` held-out ones (seeded
     by the split seed), scored with every `SUPPORT` variant: method -> (record, test
-    scores). Half of the held-out rows fit the combination's ECDFs, the other half
-    calibrate the conformal p-values whose realized false-positive rate is recorded."""
+    scores). The combination's ECDFs are fitted on the training rows
+    (meg.support.fit_support); every held-out row calibrates the conformal p-values whose
+    realized false-positive rate is recorded."""
     perm = np.random.default_rng(split_seed).permutation(len(ds.train))
     cal, train = ds.train[np.sort(perm[:CAL_ROWS])], ds.train[np.sort(perm[CAL_ROWS:])]
-    halves = split_calibration(CAL_ROWS, seed)
     rec = train_recipe("kddcup99", dataclasses.replace(ds, train=train),
                        meg_overrides("meg-encoder", split_seed, steps, threads), seed,
                        (*KEYS, "auprc"), keep_model=True)
     model = rec.pop("model")
-    sup = support_scores(model, train, cal[halves.fit],
-                         {"test": ds.test_x, "cal": cal[halves.conformal]})
+    sup = support_scores(model, train, {"test": ds.test_x, "cal": cal})
     out = {}
     for v in SUPPORT_VARIANTS:
         s = sup.scores[v]
@@ -457,11 +456,12 @@ def support_lines(data: dict[str, Any]) -> list[str]:
         f"training rows less {cal:,} held out at random (never trained on); `energy` is its "
         "energy; `knn` the Euclidean distance to the nearest distinct training row (reference "
         f"set: the training rows deduplicated, then a seeded subsample of {REFERENCE_CAP:,}; exact "
-        "search); `energy+knn` the sum of both components' conformal surprises −log p "
-        f"against {cal // 2:,} of the held-out rows (Fisher's combination); `-latent`: the "
+        "search); `energy+knn` the weighted sum of both components' surprises −log p against "
+        "their training rows' scores (the distance's leave-one-out; the energy weighted by "
+        "its rank agreement with the distance: `meg.support.fit_support`); `-latent`: the "
         "same searching the encoder's 32-d codes. Wall time = training + scoring. Realized "
-        f"false-positive rate of conformal p-values against the other {cal - cal // 2:,} "
-        "held-out rows (share of the test set's attack rows with p ≤ 0.01 / 0.05): "
+        f"false-positive rate of conformal p-values against all {cal:,} held-out rows "
+        "(share of the test set's attack rows with p ≤ 0.01 / 0.05): "
         + "; ".join(fpr) + ".",
     ]
 

@@ -14,21 +14,29 @@ Score variants (`VARIANTS`; every score: higher = more anomalous):
   rows, deduplicated, capped at `REFERENCE_CAP` rows by a seeded subsample), exact brute
   force in chunks.
 - ``energy+knn``: each component turned into its surprise −log p against the
-  component's scores on held-out normal rows (p: the conformal p-value
-  (1 + #{cal ≥ s}) / (n + 1)), summed: Fisher's combination (up to a factor 2). Scale
-  free, so neither component needs a unit or a weight. Beyond the largest calibration
-  score the p-value keeps falling along an exponential tail fitted to the calibration's
-  upper tail (`TailECDF`), so rows beyond every calibration row stay ordered instead of
-  tying at p = 1/(n + 1).
+  component's scores on the TRAINING rows (p: the conformal-style tail share
+  (1 + #{fit ≥ s}) / (n + 1)), summed with the energy weighted by its rank agreement
+  with the distance over the training rows (`agreement_weight`, in [0, 1]; 1 is
+  Fisher's combination, up to a factor 2). Scale free, so neither component needs a
+  unit. Beyond the largest fitted score the p-value
+  keeps falling along an exponential tail fitted to the upper tail (`TailECDF`), so rows
+  beyond every fitted row stay ordered instead of tying at p = 1/(n + 1).
 
-The calibration rows that fit the ECDFs must be held out from training (and from the
-reference set: a reference row's distance to itself is 0). Thresholds or p-values of
-the combined score itself need a second, disjoint set of held-out rows
-(`split_calibration`), so those rows are exchangeable with new normal rows.
+Why the component ECDFs are fitted on training rows (`fit_support`), not on held-out
+ones: split-conformal p-values of the combined score are exact when the score function
+does not depend on the calibration rows. Fitting the ECDFs on the training rows (each
+row's energy, and its leave-one-out distance to the nearest OTHER training row,
+`training_distances`) leaves every held-out row to calibrate the final score. The
+training rows are slightly optimistic (the energy saw them; a row's neighbours number
+n − 1), which can only change the combination's power, never the validity of its
+p-values: that rests on the calibration rows alone (docs/bundle.md, support).
+Bundles written before (`SupportSpec.ecdf_rows == "held-out half"`) fitted the ECDFs on
+one half of the held-out rows and calibrated on the other; still valid, still loaded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +54,9 @@ DEFAULT_SCORE = "energy+knn"
 REFERENCE_CAP = 10_000
 TAIL_SHARE = 0.1  # share of calibration scores whose mean excess sets the tail scale
 TAIL_MIN = 5  # ... and at least this many
+# Training rows (a seeded subsample) the component ECDFs are fitted on: enough for tail
+# shares of 1e-4, and the leave-one-out search stays a few seconds on 121-wide rows.
+FIT_ROWS = 10_000
 _CHUNK = 1024  # query rows per distance block: (chunk, R) float32 is 40 MB at R = 10k
 
 
@@ -144,13 +155,15 @@ class TailECDF:
 
 @dataclass
 class SupportModel:
-    """What the support variants need at scoring time: the reference rows and the
-    calibration ECDFs of both components (fitted on held-out normal rows)."""
+    """What the support variants need at scoring time: the reference rows, both
+    components' ECDFs (fitted on the training rows: `fit_support`) and the energy's
+    weight in the combination (`energy_weight`; the distance's is 1)."""
 
     reference: np.ndarray  # (R, D) float32
     energy_ecdf: TailECDF
     knn_ecdf: TailECDF
     k: int = 1
+    energy_weight: float = 1.0
     # the reference rows' bytes: a row equal to one of them is at distance 0 (k = 1)
     # without the search; common in tabular data, where rows repeat
     _keys: set[bytes] = field(init=False, repr=False, compare=False)
@@ -173,8 +186,10 @@ class SupportModel:
         return out
 
     def combine(self, energy: np.ndarray, distance: np.ndarray) -> np.ndarray:
-        """The ``energy+knn`` score from both components' raw scores."""
-        return self.energy_ecdf.surprise(energy) + self.knn_ecdf.surprise(distance)
+        """The ``energy+knn`` score from both components' raw scores: the weighted sum
+        of their surprises."""
+        return (self.energy_weight * self.energy_ecdf.surprise(energy)
+                + self.knn_ecdf.surprise(distance))
 
     def score(self, variant: str, energy: np.ndarray, x: np.ndarray) -> np.ndarray:
         """The `variant` score (float64, (B,)) of rows `x` whose energies are `energy`;
@@ -186,35 +201,98 @@ class SupportModel:
         return distance if variant == "knn" else self.combine(energy, distance)
 
 
-def fit_support(train: np.ndarray, fit_x: np.ndarray, fit_energy: np.ndarray,
-                cap: int = REFERENCE_CAP, k: int = 1, seed: int = 0) -> SupportModel:
-    """A SupportModel: the reference set from `train` (the rows the model was trained
-    on) and the ECDFs of energy and distance on `fit_x` (held-out normal rows, disjoint
-    from `train`) with their energies `fit_energy`."""
-    if len(fit_x) != len(fit_energy):
-        raise ValueError(f"{len(fit_x)} calibration rows but {len(fit_energy)} energies")
-    ref = reference_rows(train, cap=cap, seed=seed)
-    return SupportModel(ref, TailECDF.from_scores(fit_energy),
-                        TailECDF.from_scores(nearest_distance(ref, fit_x, k=k)), k=k)
+def training_distances(train: np.ndarray, reference: np.ndarray, k: int = 1,
+                       rows: np.ndarray | None = None) -> np.ndarray:
+    """The ``knn`` score each training row would get as a new row scored against the
+    OTHER training rows (leave one out), float64 (len(rows),); `rows`: positions into
+    `train` (default: all).
+
+    `reference` holds `train`'s distinct rows (`reference_rows`, possibly capped). A
+    row whose value occurs more than once in `train` keeps that value among the others,
+    so its k-th nearest distinct row is the reference's k-th nearest (itself first, at
+    0); a row occurring once that is itself a reference row loses it, so its score is
+    the reference's (k+1)-th nearest; a row left out of a capped reference is scored
+    like any new row."""
+    x = np.asarray(train, dtype=np.float32)
+    pos = np.arange(len(x)) if rows is None else np.asarray(rows, dtype=np.int64)
+    ref = np.ascontiguousarray(reference, dtype=np.float32)
+    _, inverse, counts = np.unique(x, axis=0, return_inverse=True, return_counts=True)
+    once = counts[np.asarray(inverse).reshape(-1)[pos]] == 1
+    keys = {r.tobytes() for r in ref}
+    q = np.ascontiguousarray(x[pos])
+    in_ref = np.fromiter((r.tobytes() in keys for r in q), dtype=bool, count=len(q))
+    alone = once & in_ref  # its own value leaves the reference when it is left out
+    out = np.empty(len(q), dtype=np.float64)
+    if alone.any():
+        if len(ref) < k + 1:
+            raise ValueError(f"need at least {k + 1} distinct training rows for a "
+                             f"leave-one-out distance, got {len(ref)}")
+        out[alone] = nearest_distance(ref, q[alone], k=k + 1)
+    if (~alone).any():
+        out[~alone] = nearest_distance(ref, q[~alone], k=k)
+    return out
 
 
-@dataclass(frozen=True)
-class CalibrationSplit:
-    """Positions into a held-out normal set: `fit` rows fit the component ECDFs, the
-    disjoint `conformal` rows calibrate thresholds and p-values of the final scores."""
-
-    fit: np.ndarray
-    conformal: np.ndarray
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of `x`, tied values sharing their mean rank."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # the last rank of each distinct value
+    return ((ends - (counts - 1) / 2.0)[np.asarray(inverse).reshape(-1)]).astype(np.float64)
 
 
-def split_calibration(n: int, seed: int = 0) -> CalibrationSplit:
-    """Split n held-out rows into two halves at random (seeded; `fit` gets the extra row
-    when n is odd). Needs n >= 2."""
-    if n < 2:
-        raise ValueError(f"need at least 2 held-out rows to split, got {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    half = (n + 1) // 2
-    return CalibrationSplit(np.sort(order[:half]), np.sort(order[half:]))
+def agreement_weight(energy: np.ndarray, distance: np.ndarray) -> float:
+    """The energy's weight in the combination: Spearman's rank correlation between the
+    energies and the leave-one-out distances of the training rows, clipped to [0, 1];
+    1 (Fisher's equal weights) when either is constant, so that it is undefined.
+
+    Why (label-free, from training rows only): both components estimate how typical a
+    row is, the energy as a learned density, the distance as a nonparametric one that
+    asks only about support. Where the energy orders the training rows the way the
+    distance does, its finer density information is corroborated and counts fully;
+    where the two orderings disagree, nothing says the energy's is the right one, and
+    it counts in proportion to the agreement."""
+    e = np.asarray(energy, dtype=np.float64).reshape(-1)
+    d = np.asarray(distance, dtype=np.float64).reshape(-1)
+    if len(e) != len(d):
+        raise ValueError(f"{len(e)} energies but {len(d)} distances")
+    re, rd = _average_ranks(e), _average_ranks(d)
+    re -= re.mean()
+    rd -= rd.mean()
+    denom = float(np.sqrt((re * re).sum() * (rd * rd).sum()))
+    if not denom > 0.0:
+        return 1.0
+    return float(np.clip((re * rd).sum() / denom, 0.0, 1.0))
+
+
+def fit_rows(n: int, cap: int = FIT_ROWS, seed: int = 0) -> np.ndarray:
+    """Positions of the training rows the component ECDFs are fitted on: all n, or a
+    seeded uniform subsample of `cap` of them (sorted)."""
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+
+
+def fit_support(train: np.ndarray, energy_fn: Callable[[np.ndarray], np.ndarray],
+                cap: int = REFERENCE_CAP, k: int = 1, seed: int = 0,
+                max_fit_rows: int = FIT_ROWS) -> SupportModel:
+    """A SupportModel from the training rows alone: the reference set from `train` (the
+    rows the model was trained on), and the ECDFs of energy and leave-one-out distance
+    (`training_distances`) on at most `max_fit_rows` of them (a seeded subsample), and
+    on the same rows the energy's weight in the combination (`agreement_weight`).
+    `energy_fn` maps rows (B, D) to energies (B,).
+
+    Nothing here reads a held-out row, so every held-out row can calibrate the
+    combined score's p-values (the module docstring says why that is exact)."""
+    x = np.asarray(train, dtype=np.float32)
+    ref = reference_rows(x, cap=cap, seed=seed)
+    pos = fit_rows(len(x), max_fit_rows, seed)
+    fit_x = np.ascontiguousarray(x[pos])
+    fit_e = np.asarray(energy_fn(fit_x), dtype=np.float64).reshape(-1)
+    if len(fit_e) != len(fit_x):
+        raise ValueError(f"energy_fn gave {len(fit_e)} energies for {len(fit_x)} rows")
+    fit_d = training_distances(x, ref, k=k, rows=pos)
+    return SupportModel(ref, TailECDF.from_scores(fit_e), TailECDF.from_scores(fit_d), k=k,
+                        energy_weight=agreement_weight(fit_e, fit_d))
 
 
 # --------------------------------------------------------------------------- bundle
@@ -223,12 +301,23 @@ def split_calibration(n: int, seed: int = 0) -> CalibrationSplit:
 REFERENCE_FILE = "support_reference.npy"
 
 
+# SupportSpec.ecdf_rows: which rows fitted the component ECDFs.
+ECDF_TRAINING = "training"  # since this format: training rows; every held-out row calibrates
+ECDF_HELD_OUT_HALF = "held-out half"  # bundles written before: half the held-out rows
+
+
 @dataclass
 class SupportSpec:
     """The manifest's `support` entry: the reference file's name, k, both components'
-    calibration ECDFs (sorted scores and tail scale, from the first half of the held-out
-    rows), each support variant's calibration scores (sorted, from the second half:
-    the conformal reference of its p-values) and the bundle's default score."""
+    ECDFs (sorted scores and tail scale) and the rows they were fitted on (`ecdf_rows`),
+    the energy's weight in the combination, each support variant's calibration scores
+    (sorted: the conformal reference of its p-values, from held-out rows the ECDFs never
+    read) and the bundle's default score.
+
+    Entries without `ecdf_rows` come from bundles written before it: their ECDFs were
+    fitted on one half of the held-out rows and their calibration scores come from the
+    other half. Their p-values are just as valid (the halves are disjoint), so they load
+    unchanged; re-exporting calibrates on twice the rows."""
 
     reference: str
     k: int
@@ -238,9 +327,17 @@ class SupportSpec:
     knn_tail: float
     calibration: dict[str, list[float]]  # variant ("knn", "energy+knn") -> sorted scores
     default_score: str = "energy"
+    ecdf_rows: str = ECDF_HELD_OUT_HALF
+    energy_weight: float = 1.0
 
     def __post_init__(self) -> None:
         check_variant(self.default_score)
+        if self.ecdf_rows not in (ECDF_TRAINING, ECDF_HELD_OUT_HALF):
+            raise ValueError(f"support.ecdf_rows {self.ecdf_rows!r} is not one of "
+                             f"{ECDF_TRAINING!r}, {ECDF_HELD_OUT_HALF!r}")
+        if not (np.isfinite(self.energy_weight) and self.energy_weight >= 0.0):
+            raise ValueError(f"support.energy_weight must be finite and >= 0, got "
+                             f"{self.energy_weight}")
         if Path(self.reference).name != self.reference or not self.reference.endswith(".npy"):
             raise ValueError(f"support.reference {self.reference!r} must be a plain .npy file name")
         if self.k < 1:
@@ -261,14 +358,25 @@ class SupportSpec:
                    knn_ecdf=[float(v) for v in d["knn_ecdf"]], knn_tail=float(d["knn_tail"]),
                    calibration={str(k): [float(x) for x in v]
                                 for k, v in dict(d["calibration"]).items()},
-                   default_score=str(d.get("default_score", "energy")))
+                   default_score=str(d.get("default_score", "energy")),
+                   ecdf_rows=str(d.get("ecdf_rows", ECDF_HELD_OUT_HALF)),
+                   energy_weight=float(d.get("energy_weight", 1.0)))
+
+    @property
+    def calibration_source(self) -> str:
+        """Where the support scores' calibration rows came from, in words."""
+        if self.ecdf_rows == ECDF_TRAINING:
+            return ("every held-out calibration row (the combination's ECDFs are fitted on "
+                    "the training rows)")
+        return ("the second half of the held-out calibration rows (the first half fits "
+                "the support ECDFs)")
 
     def model(self, reference: np.ndarray) -> SupportModel:
         """The SupportModel of this spec around the loaded reference rows."""
         return SupportModel(reference,
                             TailECDF(np.asarray(self.energy_ecdf, np.float64), self.energy_tail),
                             TailECDF(np.asarray(self.knn_ecdf, np.float64), self.knn_tail),
-                            k=self.k)
+                            k=self.k, energy_weight=self.energy_weight)
 
 
 def save_reference(path: Path, reference: np.ndarray) -> None:
@@ -292,22 +400,23 @@ def load_reference(path: Path, dim: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def build_spec(train: np.ndarray, held_out: np.ndarray, energy_fn: Any,
-               default_score: str = "energy", cap: int = REFERENCE_CAP, k: int = 1,
+def build_spec(train: np.ndarray, held_out: np.ndarray,
+               energy_fn: Callable[[np.ndarray], np.ndarray], default_score: str = "energy",
+               cap: int = REFERENCE_CAP, k: int = 1,
                seed: int = 0) -> tuple[SupportSpec, np.ndarray]:
     """Everything a bundle needs for the support variants: the spec and the reference
-    rows. `held_out` (normal rows never trained on) is halved: the first half fits the
-    combination's ECDFs, the second gives each support variant's calibration scores.
-    `energy_fn` maps rows (B, D) to energies (B,)."""
-    halves = split_calibration(len(held_out), seed)
-    fit_x, conf_x = held_out[halves.fit], held_out[halves.conformal]
-    model = fit_support(train, fit_x, np.asarray(energy_fn(fit_x), np.float64), cap=cap, k=k,
-                        seed=seed)
-    conf_e = np.asarray(energy_fn(conf_x), np.float64)
-    conf_d = model.distance(conf_x)
-    calibration = {"knn": np.sort(conf_d).tolist(),
-                   "energy+knn": np.sort(model.combine(conf_e, conf_d)).tolist()}
+    rows. The reference and the combination's ECDFs come from `train` alone
+    (`fit_support`); EVERY row of `held_out` (normal rows never trained on) gives each
+    support variant's calibration scores. `energy_fn` maps rows (B, D) to energies (B,)."""
+    if len(held_out) < 1:
+        raise ValueError("need at least one held-out row to calibrate")
+    model = fit_support(train, energy_fn, cap=cap, k=k, seed=seed)
+    cal_e = np.asarray(energy_fn(held_out), np.float64).reshape(-1)
+    cal_d = model.distance(held_out)
+    calibration = {"knn": np.sort(cal_d).tolist(),
+                   "energy+knn": np.sort(model.combine(cal_e, cal_d)).tolist()}
     spec = SupportSpec(REFERENCE_FILE, k, model.energy_ecdf.sorted_scores.tolist(),
                        model.energy_ecdf.tail_scale, model.knn_ecdf.sorted_scores.tolist(),
-                       model.knn_ecdf.tail_scale, calibration, check_variant(default_score))
+                       model.knn_ecdf.tail_scale, calibration, check_variant(default_score),
+                       ecdf_rows=ECDF_TRAINING, energy_weight=model.energy_weight)
     return spec, model.reference

@@ -124,10 +124,11 @@ def calibrate(energy_onnx: Path, dataset: Dataset, config: dict[str, Any]) -> B.
 def support_entry(d: Path, energy_onnx: Path, dataset: Dataset) -> SupportSpec | None:
     """meg.support's reference rows (written into `d`) and the manifest's support entry,
     for tabular and point data: the training rows, deduplicated and capped, are the
-    reference; the calibration rows (`val`) are halved between the combination's ECDFs
-    and the support scores' own calibration. Image bundles get none (a reference of
-    image rows would outweigh the networks, and pixel distance is a poor support)."""
-    if dataset.spec.kind == "image" or len(dataset.val) < 2:
+    reference and fit the combination's ECDFs; every calibration row (`val`) gives the
+    support scores' own calibration, as it gives the energy's. Image bundles get none (a
+    reference of image rows would outweigh the networks, and pixel distance is a poor
+    support)."""
+    if dataset.spec.kind == "image" or len(dataset.val) < 1:
         return None
     spec, reference = build_spec(dataset.train, dataset.val,
                                  lambda x: onnx_scores(energy_onnx, x),

@@ -241,8 +241,7 @@ def support_calibrations(manifest: B.Manifest) -> dict[str, B.Calibration]:
     try:
         return {score: B.Calibration(sorted(values), manifest.calibration.target_fpr,
                                      score=score,
-                                     source="the second half of the held-out calibration rows "
-                                            "(the first half fits the support ECDFs)")
+                                     source=spec.calibration_source)
                 for score, values in spec.calibration.items()}
     except ValueError as e:
         raise B.BundleError(f"{manifest.name}: support calibration: {e}") from e

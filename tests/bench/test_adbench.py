@@ -22,10 +22,10 @@ def test_split_is_disjoint_and_shared_as_documented() -> None:
     # column 0 (the row id) is min-max scaled on the fitting rows: still one value a row
     tr = s.train[:, 0]
     assert tr.min() == 0.0 and tr.max() == 1.0
-    assert len(s.train) == 450 and len(s.cal_fit) + len(s.cal_conformal) == 150
+    assert len(s.train) == 450 and len(s.cal) == 150
     assert len(s.test_y) == 400 + n_anom and s.test_y.sum() == n_anom
     assert (s.test_y[:400] == 0).all()
-    groups = [s.train[:, 0], s.cal_fit[:, 0], s.cal_conformal[:, 0], s.test_x[:, 0]]
+    groups = [s.train[:, 0], s.cal[:, 0], s.test_x[:, 0]]
     all_vals = np.concatenate(groups)
     assert len(np.unique(all_vals)) == len(all_vals)  # no row in two places
     # same seed, same split; another seed, another one

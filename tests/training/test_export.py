@@ -149,6 +149,44 @@ def test_calibration_set_round_trip(bundles, tmp_path):
             B.read_manifest(c, verify=False)
 
 
+def test_support_calibration_round_trip(bundles, tmp_path):
+    """The support scores' calibration holds EVERY held-out row (none is spent fitting
+    the combination, which reads the training rows only), and the loaded bundle's
+    SupportModel reproduces each stored score from those rows; an entry written before
+    `ecdf_rows` existed (half-and-half) still loads, as such."""
+    import onnxruntime as ort
+
+    from meg.support import ECDF_HELD_OUT_HALF, ECDF_TRAINING, load_reference
+    from training.config import RecipeConfig
+    from training.train import load_data
+
+    d = bundles / "events"
+    m = B.read_manifest(d)
+    spec = m.support
+    assert spec is not None and spec.ecdf_rows == ECDF_TRAINING
+    assert 0.0 <= spec.energy_weight <= 1.0
+    cfg = RecipeConfig.from_dict(m.config)
+    data = load_data(cfg.data, cfg.calibrate)
+    sess = ort.InferenceSession(str(d / B.ENERGY_ONNX), providers=["CPUExecutionProvider"])
+    energy = sess.run(None, {"x": data.val})[0].astype(np.float64)
+    model = spec.model(load_reference(d / spec.reference, m.data.dim))
+    for variant in ("knn", "energy+knn"):
+        assert len(spec.calibration[variant]) == len(data.val) == m.calibration.n
+        np.testing.assert_allclose(spec.calibration[variant],
+                                   np.sort(model.score(variant, energy, data.val)),
+                                   rtol=1e-9, atol=1e-9)
+    # every reference row is a training row, none a calibration row
+    train_rows = {r.tobytes() for r in data.train.astype(np.float32)}
+    assert all(r.tobytes() in train_rows for r in model.reference)
+    raw = json.loads((d / B.MANIFEST).read_text())
+    old = {k: v for k, v in raw["support"].items() if k not in ("ecdf_rows", "energy_weight")}
+    c = _copy(d, tmp_path / "old")
+    (c / B.MANIFEST).write_text(json.dumps({**raw, "support": old}))
+    back = B.read_manifest(c, verify=False).support
+    assert back is not None and back.ecdf_rows == ECDF_HELD_OUT_HALF
+    assert back.energy_weight == 1.0
+
+
 def test_export_replaces_a_bundle_atomically(bundles, tmp_path):
     """Re-exporting over an existing bundle leaves a complete bundle and no temp dirs."""
     import shutil
