@@ -37,10 +37,73 @@ def energy_and_grad(energy_fn: EnergyFn, z: torch.Tensor) -> tuple[torch.Tensor,
     return u.detach(), g.detach()
 
 
-def _log_q(to: torch.Tensor, frm: torch.Tensor, grad_frm: torch.Tensor, eps: float) -> torch.Tensor:
+def _log_q(to: torch.Tensor, frm: torch.Tensor, grad_frm: torch.Tensor, eps: float | torch.Tensor,
+           four_eps: float | torch.Tensor) -> torch.Tensor:
     """log q(to | frm) up to a constant: the proposal is N(frm - eps grad U(frm), 2 eps I)."""
     diff = to - frm + eps * grad_frm
-    return -diff.pow(2).sum(dim=1) / (4.0 * eps)
+    return -diff.pow(2).sum(dim=1) / four_eps
+
+
+NOISE_BLOCK = 10  # steps of random numbers drawn per call (see draw_block)
+
+
+def draw_block(generator: torch.Generator | None, n: int, dim: int, steps_left: int,
+               dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+               ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """The random numbers of `n` chains for their next k = min(NOISE_BLOCK, steps_left)
+    steps, in two calls: per step the proposal noise (n, dim) and the uniforms (n,) of the
+    accept test.
+
+    A run draws a block at its steps 0, NOISE_BLOCK, 2 NOISE_BLOCK, ... and this is the
+    only place its stream is drawn: `mala` does so, and so does the service's batched
+    chain loop for each request, so a request's numbers are the same alone or batched.
+    Blocks rather than two calls per step because for a request's few chains the fixed
+    cost of a call (~1.5 us) is most of what drawing them costs."""
+    k = min(NOISE_BLOCK, steps_left)
+    noise = torch.randn((k, n, dim), generator=generator, dtype=dtype, device=device)
+    uniform = torch.rand((k, n), generator=generator, dtype=dtype, device=device)
+    return noise.unbind(0), uniform.unbind(0)
+
+
+@dataclass
+class MALAStep:
+    z: torch.Tensor  # (B, d) states after the step
+    u: torch.Tensor  # (B,) U(z)
+    g: torch.Tensor  # (B, d) grad U(z)
+    accept: torch.Tensor  # (B,) bool: the proposal was accepted
+    log_alpha: torch.Tensor  # (B,) log acceptance probability (NaN energies: -inf)
+
+
+def mala_step(energy_fn: EnergyFn, z: torch.Tensor, u: torch.Tensor, g: torch.Tensor,
+              noise: torch.Tensor, uniform: torch.Tensor, eps: float | torch.Tensor,
+              noise_scale: float | torch.Tensor, four_eps: float | torch.Tensor) -> MALAStep:
+    """One exact MALA step from z (B, d) with cached U(z) (B,) and grad U(z) (B, d):
+    one forward and one backward pass. `noise` (B, d) and `uniform` (B,) come from
+    `draw_block`. The step size enters as eps, sqrt(2 eps) and 4 eps: Python floats (one
+    step size for all rows), or per-row columns (B, 1), (B, 1) and (B,) holding the same
+    values in z's dtype, which give bit for bit the same rows (the batched chain loop)."""
+    prop = z - eps * g + noise_scale * noise  # (B, d)
+    u_p, g_p = energy_and_grad(energy_fn, prop)
+    log_alpha = (u - u_p) + _log_q(z, prop, g_p, eps, four_eps) \
+        - _log_q(prop, z, g, eps, four_eps)  # (B,)
+    # NaN energies (e.g. an overflow far out) are rejected, never accepted.
+    log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf)
+    accept = torch.log(uniform) < log_alpha  # (B,)
+    return MALAStep(torch.where(accept[:, None], prop, z), torch.where(accept, u_p, u),
+                    torch.where(accept[:, None], g_p, g), accept, log_alpha)
+
+
+def mean_acceptance(log_alpha: list[float]) -> float:
+    """The mean acceptance probability of a run's chains (its step-size adaptation signal)
+    from their log_alpha: exactly rounded (math.fsum), so the same whatever batch the
+    chains were computed in."""
+    return math.fsum(math.exp(min(a, 0.0)) for a in log_alpha) / len(log_alpha)
+
+
+def adapt_log_step(log_eps: float, alpha_mean: float, t: int,
+                   target_acceptance: float = TARGET_ACCEPTANCE) -> float:
+    """Robbins-Monro on the log step size after step t (0-based) of the burn-in."""
+    return log_eps + (alpha_mean - target_acceptance) / math.sqrt(t + 1.0)
 
 
 def mala(
@@ -59,6 +122,7 @@ def mala(
     toward `target_acceptance` (Robbins-Monro on log step size, from the mean acceptance
     probability); it is then frozen, so the remaining steps are an exact MH chain.
     Acceptance is counted over the non-burn-in steps (all steps when adapt=False).
+    Random numbers: `draw_block` from `generator`, every NOISE_BLOCK steps.
     """
     if n_steps < 0:
         raise ValueError("n_steps must be >= 0")
@@ -72,24 +136,22 @@ def mala(
     u, g = energy_and_grad(energy_fn, z)  # cached for the current state
     accepted = torch.zeros(z.shape[0], device=z.device)
     counted = 0
+    noise: tuple[torch.Tensor, ...] = ()
+    uniform: tuple[torch.Tensor, ...] = ()
     for t in range(n_steps):
-        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        prop = z - eps * g + math.sqrt(2.0 * eps) * noise  # (B, d)
-        u_p, g_p = energy_and_grad(energy_fn, prop)
-        log_alpha = (u - u_p) + _log_q(z, prop, g_p, eps) - _log_q(prop, z, g, eps)  # (B,)
-        # NaN energies (e.g. an overflow far out) are rejected, never accepted.
-        log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf)
-        uniform = torch.rand(z.shape[0], generator=generator, device=z.device, dtype=z.dtype)
-        accept = torch.log(uniform) < log_alpha  # (B,)
-        z = torch.where(accept[:, None], prop, z)
-        u = torch.where(accept, u_p, u)
-        g = torch.where(accept[:, None], g_p, g)
+        j = t % NOISE_BLOCK
+        if j == 0:
+            noise, uniform = draw_block(generator, z.shape[0], z.shape[1], n_steps - t,
+                                        z.dtype, z.device)
+        s = mala_step(energy_fn, z, u, g, noise[j], uniform[j], eps, math.sqrt(2.0 * eps),
+                      4.0 * eps)
+        z, u, g = s.z, s.u, s.g
         if adapt and t < burn_in:
-            alpha_mean = log_alpha.clamp(max=0.0).exp().mean().item()
-            log_eps += (alpha_mean - target_acceptance) / math.sqrt(t + 1.0)
+            log_eps = adapt_log_step(log_eps, mean_acceptance(s.log_alpha.tolist()), t,
+                                     target_acceptance)
             eps = math.exp(log_eps)
         else:
-            accepted += accept.to(accepted.dtype)
+            accepted += s.accept.to(accepted.dtype)
             counted += 1
     acceptance = accepted / max(counted, 1)
     return MALAResult(z=z, acceptance=acceptance, step_size=eps)

@@ -7,11 +7,12 @@ answer. One step therefore costs one forward and one backward pass over all chai
 all requests, instead of one per request.
 
 Each request keeps everything that makes its samples its own: its torch.Generator (seeded
-from the request's seed, drawing z0, then per step its proposal noise and its uniforms, in
-the order `meg.mala.mala` draws them), its step size, temperature and prior (per-row in
-the batch), its Robbins-Monro adaptation over its own chains during its own burn-in, and
-its acceptance counts. The arithmetic per row is that of `meg.mala.mala`, with scalars
-replaced by per-row columns holding the same float32 values. So a request's z equals
+from the request's seed, drawing z0, then `meg.mala.draw_block` every NOISE_BLOCK of its
+own steps, as `meg.mala.mala` draws them), its step size, temperature and prior (per-row
+in the batch), its Robbins-Monro adaptation over its own chains during its own burn-in
+(`meg.mala.mean_acceptance`, exact whatever the batch), and its acceptance counts. A step
+is `meg.mala.mala_step`, the function `meg.mala.mala` steps with, given per-row columns
+holding the same float32 values as its scalars. So a request's z equals
 running it alone through `sample_latent`, exactly whenever the networks give a row the
 same result whatever the batch around it; dense layers do so only up to the last bits
 (BLAS picks different kernels and blockings per batch size), which is what the tests
@@ -42,7 +43,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from meg.mala import TARGET_ACCEPTANCE, energy_and_grad
+from meg.mala import (
+    NOISE_BLOCK,
+    adapt_log_step,
+    draw_block,
+    energy_and_grad,
+    mala_step,
+    mean_acceptance,
+)
 from service.engine.errors import DeadlineExceeded, Unavailable
 
 log = logging.getLogger("service.engine.chains")
@@ -83,6 +91,8 @@ class _Run:
     z: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (n, d) z0
     eps: float = 0.0
     log_eps: float = 0.0
+    noise: tuple[torch.Tensor, ...] = ()  # the current block of draw_block: (n, d) per step
+    uniform: tuple[torch.Tensor, ...] = ()  # (n,) per step
     t: int = 0
     burn_in: int = 0
     counted: int = 0
@@ -150,13 +160,6 @@ def batched_latent_energy(generator: Net, energy: Net, temperature: torch.Tensor
 def _per_row(values: list[float], counts: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     # The same float32 values the scalar arithmetic of meg.mala.mala would use.
     return torch.tensor(values, dtype=like.dtype, device=like.device).repeat_interleave(counts)
-
-
-def _log_q(to: torch.Tensor, frm: torch.Tensor, grad_frm: torch.Tensor, eps_col: torch.Tensor,
-           four_eps: torch.Tensor) -> torch.Tensor:
-    """meg.mala._log_q with per-row eps (B, 1) and 4 eps (B,)."""
-    diff = to - frm + eps_col * grad_frm
-    return -diff.pow(2).sum(dim=1) / four_eps
 
 
 class ChainLoop:
@@ -343,42 +346,47 @@ class ChainLoop:
         runs = self._active
         if self._stale:
             self._columns(runs)
-        z, u, g = self._batch_z, self._batch_u, self._batch_g  # (B, d), (B,), (B, d)
-        noise = torch.cat([torch.randn((r.spec.n, self.latent_dim), generator=r.rng,
-                                       device=z.device, dtype=z.dtype) for r in runs])
-        prop = z - self._eps_col * g + self._noise_scale * noise  # (B, d)
-        u_p, g_p = energy_and_grad(self._u_fn, prop)
-        log_alpha = (u - u_p) + _log_q(z, prop, g_p, self._eps_col, self._four_eps) \
-            - _log_q(prop, z, g, self._eps_col, self._four_eps)  # (B,)
-        log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf)
-        uniform = torch.cat([torch.rand(r.spec.n, generator=r.rng, device=z.device, dtype=z.dtype)
-                             for r in runs])
-        accept = torch.log(uniform) < log_alpha  # (B,)
-        self._z = torch.where(accept[:, None], prop, z)
-        self._u = torch.where(accept, u_p, u)
-        self._g = torch.where(accept[:, None], g_p, g)
+        z = self._batch_z  # (B, d)
+        # Each run's random numbers from its own generator, a block every NOISE_BLOCK of
+        # its own steps, exactly as meg.mala.mala draws them alone.
+        noise, uniform = [], []
+        for r in runs:
+            j = r.t % NOISE_BLOCK
+            if j == 0:
+                r.noise, r.uniform = draw_block(r.rng, r.spec.n, self.latent_dim,
+                                                r.spec.steps - r.t, z.dtype, z.device)
+            noise.append(r.noise[j])
+            uniform.append(r.uniform[j])
+        s = mala_step(self._u_fn, z, self._batch_u, self._batch_g,
+                      torch.cat(noise) if len(noise) > 1 else noise[0],
+                      torch.cat(uniform) if len(uniform) > 1 else uniform[0],
+                      self._eps_col, self._noise_scale, self._four_eps)
+        self._z, self._u, self._g = s.z, s.u, s.g
         # meg.mala.mala's rule per run: adapt during its own burn-in, count acceptance after.
-        burning = [r for r in runs if r.spec.adapt and r.t < r.burn_in]
-        gained = self._batch_acc + accept.to(self._batch_acc.dtype)
-        if not burning:
+        gained = self._batch_acc + s.accept.to(self._batch_acc.dtype)
+        burning = [r.spec.adapt and r.t < r.burn_in for r in runs]
+        if not any(burning):
             self._acc = gained
-        else:
-            counting = torch.cat([torch.full((r.spec.n,), not (r.spec.adapt and r.t < r.burn_in),
-                                             device=z.device) for r in runs])
-            self._acc = torch.where(counting, gained, self._batch_acc)
-            start = 0
             for r in runs:
+                r.counted += 1
+                r.t += 1
+        else:
+            counting = torch.cat([torch.full((r.spec.n,), not b, device=z.device)
+                                  for r, b in zip(runs, burning, strict=True)])
+            self._acc = torch.where(counting, gained, self._batch_acc)
+            log_alpha = s.log_alpha.tolist()  # one transfer for all the runs that adapt
+            start = 0
+            for r, b in zip(runs, burning, strict=True):
                 end = start + r.spec.n
-                if r.spec.adapt and r.t < r.burn_in:
-                    alpha_mean = log_alpha[start:end].clamp(max=0.0).exp().mean().item()
-                    r.log_eps += (alpha_mean - TARGET_ACCEPTANCE) / math.sqrt(r.t + 1.0)
+                if b:
+                    r.log_eps = adapt_log_step(r.log_eps, mean_acceptance(log_alpha[start:end]),
+                                               r.t)
                     r.eps = math.exp(r.log_eps)
+                else:
+                    r.counted += 1
+                r.t += 1
                 start = end
             self._stale = True
-        for r in runs:
-            if not (r.spec.adapt and r.t < r.burn_in):
-                r.counted += 1
-            r.t += 1
         self._keep_batch()
         self.steps_run += 1
         dt = time.perf_counter() - t0

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from meg.mala import latent_energy, mala, sample_latent
+from meg.mala import NOISE_BLOCK, draw_block, latent_energy, mala, mean_acceptance, sample_latent
 
 
 def gaussian_energy(mean: torch.Tensor, cov: torch.Tensor):
@@ -150,6 +150,31 @@ def test_same_seed_same_chains_and_validation():
         mala(torch.zeros(2, 2), u, 0.0, 5)
     with pytest.raises(ValueError):
         latent_energy(lambda z: z, u, temperature=0)
+
+
+def test_random_numbers_are_drawn_in_blocks_at_fixed_steps():
+    """The stream contract the service's batched loop relies on to give a request the
+    samples of running it alone: `mala` draws `draw_block` at steps 0, NOISE_BLOCK, ...
+    (the last block short), and nothing else from its generator."""
+    steps = 2 * NOISE_BLOCK + 3
+    u = gaussian_energy(MEAN, COV)
+    g = torch.Generator().manual_seed(11)
+    mala(torch.zeros(4, 2), u, 0.2, steps, generator=g)
+    want = torch.Generator().manual_seed(11)
+    sizes = []
+    for t in range(0, steps, NOISE_BLOCK):
+        noise, uniform = draw_block(want, 4, 2, steps - t)
+        sizes.append(len(noise))
+        assert len(uniform) == len(noise) and noise[0].shape == (4, 2)
+    assert sizes == [NOISE_BLOCK, NOISE_BLOCK, 3]
+    assert torch.equal(g.get_state(), want.get_state())
+
+
+def test_mean_acceptance_is_exact_and_order_free():
+    vals = [-0.5, 0.3, float("-inf"), -1e-9] * 100
+    want = sum(math.exp(min(a, 0.0)) for a in vals) / len(vals)
+    assert mean_acceptance(vals) == pytest.approx(want, rel=1e-15)
+    assert mean_acceptance(vals) == mean_acceptance(vals[::-1])  # fsum: correctly rounded
 
 
 @pytest.mark.gpu

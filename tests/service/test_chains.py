@@ -124,7 +124,8 @@ def test_limits_deadlines_and_oversized_requests() -> None:
         ok = loop.submit(spec)
         with pytest.raises(Unavailable) as full:
             loop.submit(spec)
-        assert full.value.code == "queue_full" and full.value.retry_after_s >= 1
+        assert full.value.code == "queue_full"
+        assert full.value.retry_after_s is not None and full.value.retry_after_s >= 1
     with pytest.raises(DeadlineExceeded):
         expired.future.result(timeout=10)
     assert large.future.result(timeout=10).z.shape == (25, LATENT)
@@ -175,7 +176,7 @@ def test_freed_step_memory_is_reused_not_faulted_back() -> None:
 
     def churn() -> None:
         x = torch.randn(1024, 256)
-        for _ in range(3):  # warm the thread's arena
+        for _ in range(5):  # warm the thread's arena
             (torch.tanh(x @ torch.ones(256, 256)) * 2).sum()
         f0 = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
         for _ in range(20):  # ~60 MiB allocated and freed
@@ -185,7 +186,8 @@ def test_freed_step_memory_is_reused_not_faulted_back() -> None:
     t = threading.Thread(target=churn)
     t.start()
     t.join()
-    assert faults[0] < 200, faults  # the glibc defaults: ~15000 (256 per MiB)
+    # The glibc defaults: ~15000 (256 per MiB freed); retained: 0 to ~1000 (a new heap).
+    assert faults[0] < 3000, faults
 
 
 def test_operator_malloc_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
