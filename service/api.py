@@ -4,7 +4,9 @@ errors become HTTP statuses in service/errors.py.
 Every route but /healthz, /readyz and /metrics needs an API key when keys are configured
 (the `api` router's KeyedRoute, service/middleware.py). The hot routes take the engine
 from the app state rather than through a dependency: FastAPI resolves dependencies on
-every request (bench/profile_energy.py).
+every request (bench/profile_energy.py). Those marked `answers_directly` (/energy,
+/encode, /sample) are answered by the request middleware itself when their body
+validates (DirectRoute): same endpoint, same answer, without FastAPI's per-request layers.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from service.engine import Engine
 from service.engine.models import LoadedModel
 from service.engine.results import MCMCParams
 from service.metrics import CONTENT_TYPE
-from service.middleware import KeyedRoute
+from service.middleware import DirectRoute, answers_directly
 from service.schemas import (
     AnomalyRequest,
     AnomalyResponse,
@@ -62,7 +64,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         422: "invalid input (the field says where)", 503: "queue full or no model loaded",
         504: "deadline exceeded"}.items()}
 
-api = APIRouter(responses=_ERRORS, route_class=KeyedRoute)
+api = APIRouter(responses=_ERRORS, route_class=DirectRoute)
 probes = APIRouter()
 
 
@@ -92,7 +94,8 @@ def _f32(a: np.ndarray) -> np.ndarray:
 @api.post("/sample", response_model=SampleResponse, response_model_exclude_none=True,
           summary="Generate samples",
           responses={200: {"content": {"application/octet-stream": {}}}})
-async def create_samples(body: SampleRequest, request: Request) -> dict[str, Any] | Response:
+@answers_directly
+async def create_samples(body: SampleRequest, request: Request) -> Response:
     """Draw `n` samples. Without `mcmc`, z ~ N(0, I) through the generator; with it, latent
     MALA first. Same `seed`, same samples. Rows are in model space (for tabular models:
     scaled numbers and one-hot blocks; ask for `return_records` to get raw records).
@@ -123,6 +126,7 @@ async def create_samples(body: SampleRequest, request: Request) -> dict[str, Any
 
 
 @api.post("/energy", response_model=EnergyResponse, summary="Energies of inputs")
+@answers_directly
 async def score_energy(body: EnergyRequest, request: Request) -> Response:
     """E(x) for each row (lower = more typical). `inputs` are model-space rows; `records`
     go through the bundle's preprocessing."""
@@ -165,6 +169,7 @@ async def detect_anomalies(body: AnomalyRequest, request: Request) -> dict[str, 
 
 
 @api.post("/encode", response_model=EncodeResponse, summary="Latent codes of inputs")
+@answers_directly
 async def encode_inputs(body: EncodeRequest, request: Request) -> Response:
     """The encoder's z for each row."""
     engine = _engine(request)

@@ -111,13 +111,18 @@ def engine_status(exc: EngineError) -> int:
     return next((s for cls, s in ENGINE_STATUS.items() if isinstance(exc, cls)), 500)
 
 
-async def _engine_handler(request: Request, exc: EngineError) -> JSONResponse:
+def engine_error_response(exc: EngineError) -> JSONResponse:
+    """The answer to an engine error (also used by the middleware's direct routes)."""
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
     status = engine_status(exc)
     details = exc.details
     if status == 422 and not details:
         details = [{"index": None, "field": exc.field, "reason": exc.message}]
     return error_response(status, exc.code, exc.message, exc.field, headers, details)
+
+
+async def _engine_handler(request: Request, exc: EngineError) -> JSONResponse:
+    return engine_error_response(exc)
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
