@@ -38,6 +38,9 @@ class Settings(BaseSettings):
         "wait behind them")
     max_batch_size: int = Field(256, ge=1)
     max_delay_ms: float = Field(2.0, ge=0)
+    inline_inference_ms: float = Field(
+        0.5, ge=0, description="a batch whose inference is measured to take under this runs on "
+        "the event loop instead of a pool thread, whose hand-off costs more (0: always the pool)")
     queue_size: int = Field(1024, ge=1, description="max queued requests per model and op")
     mcmc_batching: bool = Field(
         True, description="continuous batching of MCMC chains across requests (one MALA "

@@ -57,7 +57,7 @@ class DynamicBatcher:
 
     def __init__(self, model: str, op: str, fn: InferFn, *, max_batch_size: int,
                  max_delay_s: float, queue_size: int, executor: Executor, metrics: Metrics,
-                 backend: str = "onnxruntime"):
+                 backend: str = "onnxruntime", inline_s: float = 0.0):
         self.model, self.op, self.fn = model, op, fn
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -66,6 +66,8 @@ class DynamicBatcher:
         self.metrics = metrics
         self.backend = backend
         self.enabled = max_batch_size > 1 and max_delay_s > 0
+        self.inline_s = inline_s
+        self._row_cost: float | None = None  # EWMA of an inference call's seconds per row
         self._queue: collections.deque[_Item] = collections.deque()
         self._rows = 0  # rows waiting in _queue
         self._in_flight = 0  # unbatched mode: calls running
@@ -81,12 +83,25 @@ class DynamicBatcher:
         self._infer = metrics.inference_duration.labels(model=model, op=op, backend=backend)
 
     def _call(self, x: np.ndarray) -> np.ndarray:
-        """The inference call, in a pool thread; metrics observed here."""
+        """The inference call (in a pool thread, or inline: `_inline_ok`); metrics
+        observed here."""
         t0 = time.perf_counter()
         out = self.fn(x)
-        self._infer.observe(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self._infer.observe(took)
         self._batch.observe(len(x))
+        per_row = took / max(len(x), 1)
+        self._row_cost = per_row if self._row_cost is None else 0.8 * self._row_cost + 0.2 * per_row
         return out
+
+    def _inline_ok(self, rows: int) -> bool:
+        """Whether a batch of `rows` may run on the event loop itself: only once calls
+        have been measured, and when the expected time is under `inline_s`. Handing a
+        sub-millisecond call to a pool thread costs more than the call (two GIL
+        hand-offs and a wake-up of the loop), and that little loop time keeps /healthz
+        and every other request responsive."""
+        return (self._row_cost is not None and self.inline_s > 0
+                and self._row_cost * rows < self.inline_s)
 
     async def submit(self, x: np.ndarray, deadline: float) -> np.ndarray:
         """Run `fn` on rows `x` (as part of a batch) and return this request's rows.
@@ -109,7 +124,10 @@ class DynamicBatcher:
         self._depth.set(len(self._queue))
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name=f"batcher-{self.model}-{self.op}")
-        self._wakeup.set()
+        # Wake the worker when it may be idle (first item) or the batch is full; while it
+        # collects it sleeps until the flush time, not once per arriving request.
+        if len(self._queue) == 1 or self._rows >= self.max_batch_size:
+            self._wakeup.set()
         if deadline < self._sweep_at:
             self._arm_sweep(loop, deadline)
         return await item.future  # DeadlineExceeded from _expire at the deadline
@@ -186,22 +204,25 @@ class DynamicBatcher:
                 continue
             # Collect until full or the oldest request has waited max_delay.
             flush_at = self._queue[0].enqueued + self.max_delay_s
-            while self._rows < self.max_batch_size and not self._closing:
-                timeout = flush_at - loop.time()
-                if timeout <= 0:
-                    break
+            while (self._rows < self.max_batch_size and not self._closing
+                   and loop.time() < flush_at):
+                # One timer handle per wait, not a wait_for (a task and a timer) per wake.
                 self._wakeup.clear()
+                timer = loop.call_at(flush_at, self._wakeup.set)
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout)
-                except TimeoutError:
-                    break
+                    await self._wakeup.wait()
+                finally:
+                    timer.cancel()
             batch = self._take_batch(loop.time())
             if not batch:
                 continue
             x = batch[0].x if len(batch) == 1 else np.concatenate([b.x for b in batch])
             self._running = batch
             try:
-                out = await loop.run_in_executor(self.executor, self._call, x)
+                if self._inline_ok(len(x)):
+                    out = self._call(x)
+                else:
+                    out = await loop.run_in_executor(self.executor, self._call, x)
             except Exception as e:  # hand the failure to every caller of this batch
                 log.exception("batch of %d rows failed (%s/%s)", len(x), self.model, self.op)
                 for b in batch:
@@ -235,9 +256,10 @@ class BatcherPool:
     """The batchers, one per (model, version, op), created on first use."""
 
     def __init__(self, *, max_batch_size: int, max_delay_s: float, queue_size: int,
-                 executor: Executor, metrics: Metrics):
+                 executor: Executor, metrics: Metrics, inline_s: float = 0.0):
         self.kw = dict(max_batch_size=max_batch_size, max_delay_s=max_delay_s,
-                       queue_size=queue_size, executor=executor, metrics=metrics)
+                       queue_size=queue_size, executor=executor, metrics=metrics,
+                       inline_s=inline_s)
         self._batchers: dict[tuple[str, str, str], DynamicBatcher] = {}
 
     def get(self, model: str, version: str, op: str, fn: InferFn) -> DynamicBatcher:

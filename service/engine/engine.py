@@ -116,7 +116,8 @@ class Engine:
         self.batchers = BatcherPool(max_batch_size=settings.max_batch_size,
                                     max_delay_s=settings.max_delay_ms / 1000.0,
                                     queue_size=settings.queue_size, executor=self.executor,
-                                    metrics=metrics)
+                                    metrics=metrics,
+                                    inline_s=settings.inline_inference_ms / 1000.0)
         self.admission = {
             "mcmc": Admission("mcmc", settings.heavy_workers, settings.mcmc_queue_size),
             "explain": Admission("explain", settings.explain_concurrency,

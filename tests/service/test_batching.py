@@ -137,3 +137,59 @@ async def test_full_batch_request_skips_the_delay(toy_only: Path) -> None:
         small = time.perf_counter() - t0
     assert r.status_code == 200 and r1.status_code == 200
     assert big < 0.4 <= 0.7 < small, (big, small)
+
+
+def _direct_batcher(fn: Any, inline_s: float) -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.engine.batching import DynamicBatcher
+    from service.metrics import Metrics
+
+    return DynamicBatcher("m", "energy", fn, max_batch_size=64, max_delay_s=0.001, queue_size=64,
+                          executor=ThreadPoolExecutor(1), metrics=Metrics(), inline_s=inline_s)
+
+
+@pytest.mark.parametrize(("cost_s", "inline_s", "inline_expected"),
+                         [(0.0, 0.0005, True), (0.0, 0.0, False), (0.003, 0.0005, False)])
+async def test_cheap_batches_run_on_the_event_loop(cost_s: float, inline_s: float,
+                                                   inline_expected: bool) -> None:
+    """Once calls have been measured under `inline_s` a batch runs on the loop's own
+    thread; the first call, an expensive one, or inline_s 0 go to the pool."""
+    import threading
+
+    threads: list[int] = []
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        threads.append(threading.get_ident())
+        if cost_s:
+            time.sleep(cost_s)
+        return x.sum(axis=1)
+
+    b = _direct_batcher(fn, inline_s)
+    loop_thread = threading.get_ident()
+    deadline = asyncio.get_running_loop().time() + 10
+    for i in range(4):
+        out = await b.submit(np.full((1, 2), float(i), np.float32), deadline)
+        assert out.tolist() == [2.0 * i]
+    await b.close()
+    assert threads[0] != loop_thread  # nothing measured yet: the pool
+    assert all((t == loop_thread) == inline_expected for t in threads[1:])
+
+
+async def test_requests_arriving_while_collecting_join_one_batch() -> None:
+    """Requests arriving while a batch is collected join it without waking the worker
+    for each one: one call for all of them."""
+    calls: list[int] = []
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return x.sum(axis=1)
+
+    b = _direct_batcher(fn, 0.0)
+    b.max_delay_s = 0.05
+    deadline = asyncio.get_running_loop().time() + 10
+    outs = await asyncio.gather(*(b.submit(np.full((1, 2), float(i), np.float32), deadline)
+                                  for i in range(20)))
+    await b.close()
+    assert [o.tolist() for o in outs] == [[2.0 * i] for i in range(20)]
+    assert calls == [20]
