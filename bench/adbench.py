@@ -23,7 +23,8 @@ Methods:
   process; its score variants (`meg.support`; bench/common.py `support_scores`):
   `energy`, `knn` (distance to the nearest distinct training row), `energy+knn`
   (weighted Fisher combination of both surprises), and the same two in the encoder's
-  latent space (`knn-latent`, `energy+knn-latent`).
+  latent space (`knn-latent`, `energy+knn-latent`); `energy+knn-equal`, the ablation
+  of the energy's weight (equal weights, same ECDFs).
 - PyOD (bench/baselines.py, defaults unless stated): IForest, KNN, ECOD, OCSVM (fitted
   on at most 5,000 rows), AutoEncoder (PyOD's defaults: 10 epochs of batch 32).
 
@@ -59,6 +60,7 @@ from training.evaluate import anomaly_metrics
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import LABELS, run_baseline  # noqa: E402
 from common import (  # noqa: E402
+    EQUAL_WEIGHTS,
     ROOT,
     SUPPORT_VARIANTS,
     realized_fpr,
@@ -74,7 +76,7 @@ from common import (  # noqa: E402
 TRAIN_SHARE = 0.6  # of the normal rows: the training share; the rest is test
 CAL_SHARE = 0.25  # of the training share: held-out calibration rows
 ALPHAS = (0.01, 0.05)
-MEG = tuple(f"meg-{v}" for v in SUPPORT_VARIANTS)
+MEG = tuple(f"meg-{v}" for v in (*SUPPORT_VARIANTS, EQUAL_WEIGHTS))
 PEERS = ("iforest", "knn", "ecod", "ocsvm", "autoencoder")
 AE_EPOCHS, AE_BATCH = 10, 32  # PyOD's AutoEncoder defaults
 QUICK_DATASETS = ("6_cardio", "29_Pima", "38_thyroid")
@@ -154,6 +156,8 @@ def run_split(name: str, seed: int, split: Split, methods: list[str], steps: int
                                     **realized_fpr(s["cal"], s["test"], split.test_y, ALPHAS)},
                         "train_seconds": rec["wall_seconds"], "score_seconds": round(score_s, 2),
                         "reference_rows": sup.reference_rows.get(space),
+                        "energy_weight": sup.energy_weight.get(space)
+                        if v.startswith("energy+knn") and v != EQUAL_WEIGHTS else None,
                         "command": rec["command"]})
     for m in methods:
         if m in MEG:
@@ -430,6 +434,16 @@ def choice_text(s: dict[str, Any]) -> str:
     return "\n\n".join(out)
 
 
+def weight_note(runs: list[dict[str, Any]]) -> str:
+    """The energy's weight in `energy+knn` over the runs, in words ('' when not recorded)."""
+    w = [r["energy_weight"] for r in runs
+         if r["method"] == "meg-energy+knn" and r.get("energy_weight") is not None]
+    if not w:
+        return ""
+    return (f"; the weight was {np.mean(w):.2f} on average over the runs, from "
+            f"{min(w):.2f} to {max(w):.2f}")
+
+
 def render(data: dict[str, Any]) -> None:
     s = data["summary"]
     seeds = len(data["seeds"])
@@ -455,9 +469,11 @@ def render(data: dict[str, Any]) -> None:
         "thread), trained in process; score variants from `meg.support`: `energy` (E(x)), "
         "`knn` (Euclidean distance to the nearest distinct training row, reference set "
         f"capped at {REFERENCE_CAP:,} rows), `energy+knn` (weighted sum of both components' "
-        "surprises −log p against their training rows' scores, the distance's leave-one-out: "
-        "a weighted Fisher combination, `meg.support`), and the same two searching the "
-        "encoder's latent codes (`-latent`).",
+        "surprises −log p against their training rows' scores, the distance's leave-one-out, "
+        "the energy weighted by its rank agreement with the distance over the training rows: "
+        f"`meg.support.fit_support`{weight_note(data['runs'])}), the same two searching the "
+        "encoder's latent codes (`-latent`), and `energy+knn-equal`, the ablation of that "
+        "weight (equal weights: Fisher's combination on the same ECDFs).",
         f"- Peers (`bench/baselines.py`, PyOD defaults): IForest, KNN (5th neighbour), ECOD, "
         f"OCSVM (≤ 5,000 rows), AutoEncoder ({data['ae']['epochs']} epochs of batch "
         f"{data['ae']['batch_size']}: PyOD's defaults). Fitted on the same rows.",

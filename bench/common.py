@@ -8,7 +8,7 @@ import os
 import platform
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -182,15 +182,20 @@ def realized_fpr(cal_scores: np.ndarray, test_scores: np.ndarray, test_y: np.nda
 
 # Score variants of meg.support, in the input space and in the encoder's latent space.
 SUPPORT_VARIANTS = ("energy", "knn", "energy+knn", "knn-latent", "energy+knn-latent")
+# An ablation `support_scores` also returns: energy+knn with equal weights (Fisher's
+# combination, the energy's weight forced to 1), on the same ECDFs.
+EQUAL_WEIGHTS = "energy+knn-equal"
 
 
 @dataclass
 class SupportScores:
-    """Every `SUPPORT_VARIANTS` score of each named row set, and what it took."""
+    """Every `SUPPORT_VARIANTS` score (and `EQUAL_WEIGHTS`) of each named row set, and
+    what it took."""
 
     scores: dict[str, dict[str, np.ndarray]]  # variant -> row set name -> (N,) float64
     reference_rows: dict[str, int]  # space -> rows in the reference set
     seconds: dict[str, float]  # "energy", "input", "latent": fit + scoring wall time
+    energy_weight: dict[str, float] = field(default_factory=dict)  # space -> the combination's
 
 
 def support_scores(model: Any, train: np.ndarray, rows: dict[str, np.ndarray],
@@ -211,6 +216,7 @@ def support_scores(model: Any, train: np.ndarray, rows: dict[str, np.ndarray],
     out: dict[str, dict[str, np.ndarray]] = {"energy": energy}
     seconds = {"energy": time.perf_counter() - t0}
     refs: dict[str, int] = {}
+    weights: dict[str, float] = {}
 
     def energy_of(x: np.ndarray) -> np.ndarray:
         return batched(model.energy, x, device).astype(np.float64)
@@ -238,6 +244,10 @@ def support_scores(model: Any, train: np.ndarray, rows: dict[str, np.ndarray],
             dist = {k: sm.distance(f(v)) for k, v in rows.items()}
         out["knn" + suffix] = dist
         out["energy+knn" + suffix] = {k: sm.combine(energy[k], dist[k]) for k in rows}
+        if space == "input":
+            out[EQUAL_WEIGHTS] = {k: sm.energy_ecdf.surprise(energy[k])
+                                  + sm.knn_ecdf.surprise(dist[k]) for k in rows}
+        weights[space] = round(sm.energy_weight, 4)
         refs[space] = int(len(sm.reference))
         seconds[space] = time.perf_counter() - t1
-    return SupportScores(out, refs, {k: round(v, 2) for k, v in seconds.items()})
+    return SupportScores(out, refs, {k: round(v, 2) for k, v in seconds.items()}, weights)
