@@ -294,21 +294,67 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-async def _mcmc_clients(base: str, clients: int, rounds: int, n: int, steps: int) -> float:
-    """Seconds for `clients` concurrent clients each sending `rounds` /sample requests."""
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as c:
-        async def one(i: int) -> None:
-            for r in range(rounds):
-                resp = await c.post("/sample", json={"n": n, "seed": i * rounds + r,
-                                                     "mcmc": {"steps": steps}},
-                                    headers={"Accept": "application/octet-stream"})
-                resp.raise_for_status()
+class _RawConnection:
+    """One kept-alive HTTP/1.1 connection with a minimal client: the request bytes are
+    built once and the response read by its Content-Length. httpx's async pool costs
+    milliseconds of client CPU per request at 64 connections, which on a two-core machine
+    is taken from the server under test and spreads a burst's arrivals over many chain
+    steps; this client costs tens of microseconds."""
 
-        await asyncio.gather(*(one(10**6 + i) for i in range(2)))  # warm up
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str):
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, base: str) -> _RawConnection:
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        return cls(reader, writer, f"{host}:{port}")
+
+    def request(self, path: str, body: bytes, accept: str) -> bytes:
+        return (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Accept: {accept}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        self.writer.write(request)
+        status = int((await self.reader.readline()).split()[1])
+        length = None
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length is None:
+            raise RuntimeError("response without Content-Length")
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _mcmc_clients(base: str, clients: int, rounds: int, n: int, steps: int) -> float:
+    """Seconds for `clients` concurrent clients, each on its own kept-alive connection
+    (opened and warmed beforehand), each sending `rounds` /sample requests one after
+    another (binary answers)."""
+    conns = [await _RawConnection.open(base) for _ in range(clients)]
+    try:
+        async def one(i: int, seeds: range) -> None:
+            for seed in seeds:
+                body = orjson.dumps({"n": n, "seed": seed, "mcmc": {"steps": steps}})
+                status, _ = await conns[i].send(conns[i].request(
+                    "/sample", body, "application/octet-stream"))
+                if status != 200:
+                    raise RuntimeError(f"/sample answered {status}")
+
+        # Warm up every connection (and the server), two at a time.
+        for i in range(0, clients, 2):
+            await asyncio.gather(*(one(j, range(10**6 + j, 10**6 + j + 1))
+                                   for j in range(i, min(i + 2, clients))))
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(clients)))
+        await asyncio.gather(*(one(i, range(i * rounds, (i + 1) * rounds))
+                               for i in range(clients)))
         return time.perf_counter() - t0
+    finally:
+        for c in conns:
+            c.close()
 
 
 async def _small_beside_large(base: str, reps: int) -> dict[str, Any]:
@@ -387,10 +433,11 @@ def mcmc_ceiling(bundle: Path, clients: int, n: int, steps: int, repeats: int = 
             "ratio": t_alone / t_batched, "torch_threads": torch.get_num_threads()}
 
 
-def bench_work_classes(bundle: Path, clients: int = 64, rounds: int = 3, n: int = 16,
+def bench_work_classes(bundle: Path, clients: int = 64, rounds: int = 5, n: int = 16,
                        steps: int = 50, small_reps: int = 5) -> dict[str, Any]:
     """Both servers run side by side and take turns, `rounds` times, so that a change in
-    machine load during the run affects both alike."""
+    machine load during the run affects both alike; chain-steps/s are medians of the
+    rounds."""
     dim = B.read_manifest(bundle, verify=False).data.dim
     out: dict[str, Any] = {"clients": clients, "rounds": rounds, "n": n, "steps": steps,
                            "load_start": ", ".join(f"{x:.1f}" for x in os.getloadavg())}
@@ -400,17 +447,19 @@ def bench_work_classes(bundle: Path, clients: int = 64, rounds: int = 3, n: int 
     with contextlib.ExitStack() as stack:
         bases = {label: stack.enter_context(server(bundle, **env, **extra))
                  for label, extra in modes.items()}
-        walls: dict[str, float] = dict.fromkeys(modes, 0.0)
+        per_round: dict[str, list[float]] = {label: [] for label in modes}
         for _ in range(rounds):
             for label, base in bases.items():
-                walls[label] += asyncio.run(_mcmc_clients(base, clients, 1, n, steps))
+                wall = asyncio.run(_mcmc_clients(base, clients, 1, n, steps))
+                per_round[label].append(clients * n * steps / wall)
         for label, base in bases.items():
-            out[f"{label}_chain_steps_per_s"] = clients * rounds * n * steps / walls[label]
+            out[f"{label}_rounds"] = per_round[label]
+            out[f"{label}_chain_steps_per_s"] = statistics.median(per_round[label])
             out[f"{label}_small_beside_large"] = asyncio.run(_small_beside_large(base, small_reps))
         out["energy_idle"] = asyncio.run(_energy_latency(bases["batched"], dim, 200, 0))
         out["energy_sampling"] = asyncio.run(_energy_latency(bases["batched"], dim, 200, 16))
     out["ratio"] = out["batched_chain_steps_per_s"] / out["one_at_a_time_chain_steps_per_s"]
-    out["ceiling"] = mcmc_ceiling(bundle, clients, n, steps)
+    out["ceiling"] = mcmc_ceiling(bundle, clients, n, steps, repeats=rounds)
     out["load_end"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return out
 
@@ -445,8 +494,11 @@ def work_class_rows(w: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     c = w["ceiling"]
     return [
         (f"5 MCMC x{w['clients']} clients n={w['n']} steps={w['steps']}: batched / one at a "
-         "time", f"{w['batched_chain_steps_per_s']:.0f} vs "
-         f"{w['one_at_a_time_chain_steps_per_s']:.0f} chain-steps/s", w["ratio"], ">= 4"),
+         f"time (median of {w['rounds']} rounds)", f"{w['batched_chain_steps_per_s']:.0f} vs "
+         f"{w['one_at_a_time_chain_steps_per_s']:.0f} chain-steps/s (rounds "
+         + ", ".join(f"{b / 1e3:.0f}k/{o / 1e3:.0f}k" for b, o in
+                     zip(w["batched_rounds"], w["one_at_a_time_rounds"], strict=True)) + ")",
+         w["ratio"], ">= 4"),
         (f"5 the same in-process, no HTTP (the ceiling; torch threads {c['torch_threads']})",
          f"{c['batched_chain_steps_per_s']:.0f} vs {c['alone_chain_steps_per_s']:.0f} "
          "chain-steps/s", c["ratio"], ""),
@@ -477,13 +529,23 @@ def write_work_classes(w: dict[str, Any], info: dict[str, Any], bundle: Path, ve
         table(["measure", "times", "ratio or seconds", "goal", "met"], [list(r) for r in rows]),
         "",
         "Row 1: continuous batching of MALA chains across requests against the same server "
-        "running one MCMC request at a time (MEG_MCMC_BATCHING=false, MEG_HEAVY_WORKERS=1). "
-        "Row 2 bounds it: with one torch thread a step of 1024 chains costs about a quarter "
-        "of 64 steps of 16 chains (the networks' matrix products are already efficient at 16 "
-        "rows), so no scheduling gets more than that ratio here; with more threads the batch "
-        "gains and the single small request does not. "
-        "Rows 2-3: a small request joins the running batch at the next step boundary and "
-        "leaves after its own 10 steps, instead of waiting for the large one. Row 4: cheap "
+        "running one MCMC request at a time (MEG_MCMC_BATCHING=false, MEG_HEAVY_WORKERS=1): "
+        "64 kept-alive connections, opened and warmed first, each sending one /sample at "
+        "once (binary answers), per round; the two servers take turns. The client is a "
+        "minimal asyncio HTTP/1.1 client (`_RawConnection`): httpx's pool cost ~170 ms of "
+        "client CPU per 64-request round, taken from the servers on two cores, which spread "
+        "the burst's arrivals over twice as many chain steps. Row 2 bounds row 1: the chain "
+        "loop in process, every request joining the first step, against `sample_latent` "
+        "one request after another; with one torch thread a step over all 1024 chains saves "
+        "about that ratio against 64 steps of 16 (the networks' matrix products are already "
+        "efficient at 16 rows), so no scheduling gets much more here. "
+        "`bench/profile_chains.py` splits the loop's time against one `sample_latent` over "
+        "the same chains: the loop keeps the memory its steps free (glibc thresholds; with "
+        "the defaults each 1024-chain step page-faulted its activations back in, ~30% of "
+        "the loop's time) and draws each request's random numbers 10 steps at a time "
+        "(`meg.mala.draw_block`, as the request alone does), within a few percent of it. "
+        "Rows 3-4: a small request joins the running batch at the next step boundary and "
+        "leaves after its own 10 steps, instead of waiting for the large one. Row 5: cheap "
         "calls run on their own pool, beside the chain loop.",
     ]))
 
@@ -881,7 +943,7 @@ def main(argv: list[str] | None = None) -> int:
             write_peers(pr, v, info, bundle, results["version"])
         return 0
     if args.only == "work-classes":
-        w = results["work_classes"] = bench_work_classes(bundle, rounds=1 if args.quick else 3)
+        w = results["work_classes"] = bench_work_classes(bundle, rounds=1 if args.quick else 5)
         for name, times, ratio, goal in work_class_rows(w):
             print(f"{name}: {times} ({ratio:.3g}) {goal} {goal_met(ratio, goal)}")
         out = args.out.with_name(f"serve_work_classes_{bundle.name}.json")
