@@ -3,6 +3,7 @@ it was written for (a context variable set by the HTTP middleware)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -10,6 +11,7 @@ import os
 import re
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -49,6 +51,82 @@ class JsonFormatter(logging.Formatter):
             return orjson.dumps(out, default=str).decode()
         except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits
             return json.dumps(out, default=str)
+
+
+class AccessLog:
+    """The access log: one JSON line per request, the same fields as JsonFormatter's.
+
+    With the default configuration (setup_logging's one handler, nothing added) the
+    lines skip the logging machinery (record, handler lock, formatter, a flush per line:
+    ~20 us a line against ~6 us) and are written in one piece at most `flush_s` later,
+    from the event loop. Any other configuration (a handler or filter added anywhere on
+    the way) gets ordinary records, so it sees every line."""
+
+    def __init__(self, name: str = "service.access", flush_s: float = 0.05):
+        self.logger = logging.getLogger(name)
+        self.flush_s = flush_s
+        self._lines: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handler: logging.StreamHandler[Any] | None = None
+
+    def _default_handler(self) -> logging.StreamHandler[Any] | None:
+        """setup_logging's handler when it is the only place a line goes, else None."""
+        lg = self.logger
+        parent = lg.parent
+        if (lg.handlers or lg.filters or not lg.propagate or parent is None
+                or parent.name != "service" or parent.propagate or parent.filters
+                or len(parent.handlers) != 1):
+            return None
+        h = parent.handlers[0]
+        if not (getattr(h, "_meg", False) and isinstance(h, logging.StreamHandler)) or h.filters:
+            return None
+        return h
+
+    def write(self, level: int, message: str, **fields: Any) -> None:
+        """Log `message` at `level` (the caller checked isEnabledFor) with `fields`."""
+        handler = self._default_handler()
+        if handler is None or level < handler.level:
+            self.logger.log(level, message, extra=fields)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.logger.log(level, message, extra=fields)
+            return
+        out: dict[str, Any] = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "level": logging.getLevelName(level), "logger": self.logger.name,
+            "message": message, "request_id": request_id_var.get(), **fields}
+        try:
+            self._lines.append(orjson.dumps(out, default=str))
+        except (TypeError, orjson.JSONEncodeError):
+            self._lines.append(json.dumps(out, default=str).encode())
+        self._handler = handler
+        if self._timer is not None and self._loop is not loop:
+            self.flush()  # lines left by a loop that is gone (a test's app, say)
+        if self._timer is None:
+            self._loop = loop
+            self._timer = loop.call_later(self.flush_s, self.flush)
+
+    def flush(self) -> None:
+        """Write the pending lines (the timer does; shutdown calls it too)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        lines, self._lines = self._lines, []
+        h = self._handler
+        if not lines or h is None:
+            return
+        text = b"\n".join(lines).decode() + "\n"
+        h.acquire()
+        try:
+            h.stream.write(text)
+            h.flush()
+        except Exception:  # a closed stream must not take a request down with it
+            pass
+        finally:
+            h.release()
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -26,7 +26,7 @@ from service.engine import Engine
 from service.errors import install_error_handlers
 from service.logs import setup_logging
 from service.metrics import Metrics
-from service.middleware import RequestMiddleware
+from service.middleware import RequestMiddleware, access_log
 from service.settings import Settings, get_settings
 from service.v2 import rest as v2_rest
 from service.v2.grpc_server import GrpcFrontend
@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
             await engine.close()
+            access_log.flush()
             log.info("shut down")
 
     app = FastAPIOffline(title="meg model server", version="0.1.0", description=DESCRIPTION,

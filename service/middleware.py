@@ -36,10 +36,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.auth import KEY_CHECKED, check_api_key
 from service.engine.errors import EngineError
 from service.errors import engine_error_response, error_body
-from service.logs import clean_request_id, request_id_var
+from service.logs import AccessLog, clean_request_id, request_id_var
 from service.metrics import Metrics
 
 log = logging.getLogger("service.access")
+access_log = AccessLog(log.name)  # one per process: its lines share one buffer
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _QUIET_PATHS = {"/healthz", "/readyz", "/metrics"}  # probes and scrapes: access log at DEBUG
@@ -250,6 +251,7 @@ class RequestMiddleware:
         # Metric children per (endpoint, model, status): .labels() takes a lock and
         # builds a key on every call.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.access = access_log
 
     def _routes(self) -> list[BaseRoute]:
         if self._flat is None:
@@ -422,6 +424,6 @@ class RequestMiddleware:
         path = scope.get("path", "")
         level = logging.DEBUG if path in _QUIET_PATHS and status < 500 else logging.INFO
         if log.isEnabledFor(level):
-            log.log(level, "%s %s %d", scope["method"], path, status, extra={
-                "method": scope["method"], "path": path, "status": status,
-                "duration_ms": round(seconds * 1000.0, 3), "model": model})
+            self.access.write(level, f"{scope['method']} {path} {status}", method=scope["method"],
+                              path=path, status=status, duration_ms=round(seconds * 1000.0, 3),
+                              model=model)
