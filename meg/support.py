@@ -241,9 +241,10 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def agreement_weight(energy: np.ndarray, distance: np.ndarray) -> float:
-    """The energy's weight in the combination: Spearman's rank correlation between the
-    energies and the leave-one-out distances of the training rows, clipped to [0, 1];
-    1 (Fisher's equal weights) when either is constant, so that it is undefined.
+    """The energy's weight in the combination: Spearman's rank correlation between
+    `energy` and `distance` (`fit_support` passes the distinct training rows' energies
+    and leave-one-out distances), clipped to [0, 1]; 1 (Fisher's equal weights) when
+    either is constant, so that it is undefined.
 
     Why (label-free, from training rows only): both components estimate how typical a
     row is, the energy as a learned density, the distance as a nonparametric one that
@@ -278,7 +279,10 @@ def fit_support(train: np.ndarray, energy_fn: Callable[[np.ndarray], np.ndarray]
     """A SupportModel from the training rows alone: the reference set from `train` (the
     rows the model was trained on), and the ECDFs of energy and leave-one-out distance
     (`training_distances`) on at most `max_fit_rows` of them (a seeded subsample), and
-    on the same rows the energy's weight in the combination (`agreement_weight`).
+    the energy's weight in the combination (`agreement_weight`) on at most as many of
+    the DISTINCT training rows: like the reference set, one vote per distinct row, so a
+    value repeated thousands of times (KDD's flood connections) cannot decide alone how
+    far the two scores agree.
     `energy_fn` maps rows (B, D) to energies (B,).
 
     Nothing here reads a held-out row, so every held-out row can calibrate the
@@ -291,8 +295,15 @@ def fit_support(train: np.ndarray, energy_fn: Callable[[np.ndarray], np.ndarray]
     if len(fit_e) != len(fit_x):
         raise ValueError(f"energy_fn gave {len(fit_e)} energies for {len(fit_x)} rows")
     fit_d = training_distances(x, ref, k=k, rows=pos)
+    distinct = np.unique(x, axis=0)  # sorted; reference_rows draws its subsample from these
+    upos = fit_rows(len(distinct), max_fit_rows, seed)
+    if len(distinct) == len(x):  # no duplicates: the fit rows are distinct rows already
+        weight = agreement_weight(fit_e, fit_d)
+    else:
+        u_e = np.asarray(energy_fn(np.ascontiguousarray(distinct[upos])), np.float64).reshape(-1)
+        weight = agreement_weight(u_e, training_distances(distinct, ref, k=k, rows=upos))
     return SupportModel(ref, TailECDF.from_scores(fit_e), TailECDF.from_scores(fit_d), k=k,
-                        energy_weight=agreement_weight(fit_e, fit_d))
+                        energy_weight=weight)
 
 
 # --------------------------------------------------------------------------- bundle

@@ -247,6 +247,12 @@ def test_agreement_weight_is_clipped_spearman() -> None:
     model = fit_support(train, energy)
     assert model.energy_weight == pytest.approx(
         agreement_weight(energy(train), training_distances(train, reference_rows(train))))
+    # with duplicated rows: one vote per distinct row
+    dup = np.concatenate([train, np.repeat(train[:5], 200, axis=0)])
+    model_dup = fit_support(dup, energy)
+    assert model_dup.energy_weight == pytest.approx(
+        agreement_weight(energy(np.unique(dup, axis=0)),
+                         training_distances(np.unique(dup, axis=0), reference_rows(dup))))
     x = rng.normal(size=(7, 3)).astype(np.float32)
     d_x = model.distance(x)
     np.testing.assert_allclose(
