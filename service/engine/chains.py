@@ -177,6 +177,7 @@ class ChainLoop:
     _eps_col: torch.Tensor
     _noise_scale: torch.Tensor
     _four_eps: torch.Tensor
+    _counts: torch.Tensor  # (runs,) chains per run, in batch order
 
     def __init__(self, name: str, generator: Net, energy: Net, latent_dim: int,
                  device: torch.device, *, max_chains: int, max_requests: int,
@@ -290,18 +291,24 @@ class ChainLoop:
         return joining
 
     def _columns(self, runs: list[_Run]) -> None:
-        """Per-row copies of each run's settings, rebuilt when the batch or a step size
-        changes: eps (B, 1), sqrt(2 eps) (B, 1), 4 eps (B,) and the latent energy."""
-        counts = torch.tensor([r.spec.n for r in runs], device=self.device)
-        like = self._z
+        """Per-row copies of each run's settings, rebuilt when the batch changes: the
+        latent energy (temperature, prior) and the step-size columns (_eps_columns)."""
+        self._counts = torch.tensor([r.spec.n for r in runs], device=self.device)
+        temp = _per_row([r.spec.temperature for r in runs], self._counts, self._z)
+        prior = torch.tensor([r.spec.prior for r in runs], device=self.device
+                             ).repeat_interleave(self._counts)
+        self._u_fn = batched_latent_energy(self.generator, self.energy, temp, prior)
+        self._eps_columns(runs)
+        self._stale = False
+
+    def _eps_columns(self, runs: list[_Run]) -> None:
+        """eps (B, 1), sqrt(2 eps) (B, 1) and 4 eps (B,) per row: rebuilt also after a
+        step in which some run adapted its step size."""
+        counts, like = self._counts, self._z
         self._eps_col = _per_row([r.eps for r in runs], counts, like)[:, None]
         self._noise_scale = _per_row([math.sqrt(2.0 * r.eps) for r in runs], counts, like)[:, None]
         self._four_eps = _per_row([4.0 * r.eps for r in runs], counts, like)
-        temp = _per_row([r.spec.temperature for r in runs], counts, like)
-        prior = torch.tensor([r.spec.prior for r in runs], device=self.device
-                             ).repeat_interleave(counts)
-        self._u_fn = batched_latent_energy(self.generator, self.energy, temp, prior)
-        self._stale = False
+        self._stale_eps = False
 
     def _join(self, runs: list[_Run]) -> None:
         for r in runs:
@@ -335,7 +342,8 @@ class ChainLoop:
         self._u = self._batch_u = empty  # (B,)
         self._acc = self._batch_acc = empty  # (B,) accepted proposals after burn-in
         self._eps_col = self._noise_scale = self._four_eps = empty
-        self._stale = True
+        self._counts = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._stale = self._stale_eps = True
 
     def _keep_batch(self) -> None:
         self._batch_z, self._batch_u, self._batch_g = self._z, self._u, self._g
@@ -346,6 +354,8 @@ class ChainLoop:
         runs = self._active
         if self._stale:
             self._columns(runs)
+        elif self._stale_eps:
+            self._eps_columns(runs)
         z = self._batch_z  # (B, d)
         # Each run's random numbers from its own generator, a block every NOISE_BLOCK of
         # its own steps, exactly as meg.mala.mala draws them alone.
@@ -371,8 +381,8 @@ class ChainLoop:
                 r.counted += 1
                 r.t += 1
         else:
-            counting = torch.cat([torch.full((r.spec.n,), not b, device=z.device)
-                                  for r, b in zip(runs, burning, strict=True)])
+            counting = torch.tensor([not b for b in burning], device=z.device
+                                    ).repeat_interleave(self._counts)
             self._acc = torch.where(counting, gained, self._batch_acc)
             log_alpha = s.log_alpha.tolist()  # one transfer for all the runs that adapt
             start = 0
@@ -386,7 +396,7 @@ class ChainLoop:
                     r.counted += 1
                 r.t += 1
                 start = end
-            self._stale = True
+            self._stale_eps = True
         self._keep_batch()
         self.steps_run += 1
         dt = time.perf_counter() - t0
