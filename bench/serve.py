@@ -404,34 +404,51 @@ async def _energy_latency(base: str, dim: int, requests: int, samplers: int) -> 
     return {"p50_s": _pct(lat, 50), "p99_s": _pct(lat, 99), "samplers": samplers}
 
 
-def mcmc_ceiling(bundle: Path, clients: int, n: int, steps: int, repeats: int = 3) -> dict[str, Any]:
+class MCMCCeiling:
     """In-process, no HTTP: the chain loop with every request joining at once against
     `sample_latent` one request after another: the most batching can gain on this machine
-    with these networks (torch threads as set)."""
-    from service.engine.chains import ChainLoop, ChainSpec
+    with these networks (torch threads as set). `round()` times one of each; the work
+    classes run it in each of their rounds, so that it sees the same machine load."""
 
-    man = B.read_manifest(bundle, verify=False)
-    gen, energy = load_torch_networks(bundle, man, torch.device("cpu"))
-    loop = ChainLoop("bench", gen, energy, man.latent_dim, torch.device("cpu"),
-                     max_chains=clients * n, max_requests=clients)
+    def __init__(self, bundle: Path, clients: int, n: int, steps: int):
+        from service.engine.chains import ChainLoop
 
-    def batched() -> None:
-        with loop._cond:  # every request joins the first step
-            tickets = [loop.submit(ChainSpec(n, steps, 0.01, 1.0, True, False, i))
-                       for i in range(clients)]
+        man = B.read_manifest(bundle, verify=False)
+        self.gen, self.energy = load_torch_networks(bundle, man, torch.device("cpu"))
+        self.latent_dim, self.clients, self.n, self.steps = man.latent_dim, clients, n, steps
+        self.loop = ChainLoop("bench", self.gen, self.energy, man.latent_dim, torch.device("cpu"),
+                              max_chains=clients * n, max_requests=clients)
+        self.times: dict[str, list[float]] = {"batched": [], "alone": []}
+        self.batched()
+        self.alone()  # warm up
+
+    def batched(self) -> None:
+        from service.engine.chains import ChainSpec
+
+        with self.loop._cond:  # every request joins the first step
+            tickets = [self.loop.submit(ChainSpec(self.n, self.steps, 0.01, 1.0, True, False, i))
+                       for i in range(self.clients)]
         for t in tickets:
             t.future.result()
 
-    def alone() -> None:
-        for i in range(clients):
-            sample_latent(gen, energy, n=n, latent_dim=man.latent_dim, n_steps=steps,
-                          rng=torch.Generator().manual_seed(i))
+    def alone(self) -> None:
+        for i in range(self.clients):
+            sample_latent(self.gen, self.energy, n=self.n, latent_dim=self.latent_dim,
+                          n_steps=self.steps, rng=torch.Generator().manual_seed(i))
 
-    t_batched, t_alone = timeit_alternating([batched, alone], repeats)
-    loop.close(10)
-    work = clients * n * steps
-    return {"batched_chain_steps_per_s": work / t_batched, "alone_chain_steps_per_s": work / t_alone,
-            "ratio": t_alone / t_batched, "torch_threads": torch.get_num_threads()}
+    def round(self) -> None:
+        for label, fn in (("batched", self.batched), ("alone", self.alone)):
+            t0 = time.perf_counter()
+            fn()
+            self.times[label].append(time.perf_counter() - t0)
+
+    def result(self) -> dict[str, Any]:
+        self.loop.close(10)
+        work = self.clients * self.n * self.steps
+        t = {k: statistics.median(v) for k, v in self.times.items()}
+        return {"batched_chain_steps_per_s": work / t["batched"],
+                "alone_chain_steps_per_s": work / t["alone"], "ratio": t["alone"] / t["batched"],
+                "torch_threads": torch.get_num_threads(), "rounds": len(self.times["batched"])}
 
 
 def bench_work_classes(bundle: Path, clients: int = 64, rounds: int = 5, n: int = 16,
@@ -449,10 +466,12 @@ def bench_work_classes(bundle: Path, clients: int = 64, rounds: int = 5, n: int 
         bases = {label: stack.enter_context(server(bundle, **env, **extra))
                  for label, extra in modes.items()}
         per_round: dict[str, list[float]] = {label: [] for label in modes}
+        ceiling = MCMCCeiling(bundle, clients, n, steps)
         for _ in range(rounds):
             for label, base in bases.items():
                 wall = asyncio.run(_mcmc_clients(base, clients, 1, n, steps))
                 per_round[label].append(clients * n * steps / wall)
+            ceiling.round()
         for label, base in bases.items():
             out[f"{label}_rounds"] = per_round[label]
             out[f"{label}_chain_steps_per_s"] = statistics.median(per_round[label])
@@ -460,7 +479,7 @@ def bench_work_classes(bundle: Path, clients: int = 64, rounds: int = 5, n: int 
         out["energy_idle"] = asyncio.run(_energy_latency(bases["batched"], dim, 200, 0))
         out["energy_sampling"] = asyncio.run(_energy_latency(bases["batched"], dim, 200, 16))
     out["ratio"] = out["batched_chain_steps_per_s"] / out["one_at_a_time_chain_steps_per_s"]
-    out["ceiling"] = mcmc_ceiling(bundle, clients, n, steps, repeats=rounds)
+    out["ceiling"] = ceiling.result()
     out["load_end"] = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return out
 
@@ -502,7 +521,7 @@ def work_class_rows(w: dict[str, Any]) -> list[tuple[str, str, float, str]]:
          w["ratio"], ">= 4"),
         (f"5 the same in-process, no HTTP (the ceiling; torch threads {c['torch_threads']})",
          f"{c['batched_chain_steps_per_s']:.0f} vs {c['alone_chain_steps_per_s']:.0f} "
-         "chain-steps/s", c["ratio"], ""),
+         "chain-steps/s (medians, in each round)", c["ratio"], ""),
         ("5 n=1 steps=10 beside n=1024 steps=1000, batched",
          f"{small(sb)}; large {sb['large_s']:.1f} s", sb["small_max_s"], ""),
         ("5 n=1 steps=10 beside n=1024 steps=1000, one at a time",
