@@ -43,8 +43,7 @@ from meg.render import image_grid  # noqa: E402
 from training.config import RecipeConfig, apply_overrides, load_recipe  # noqa: E402
 from training.data import Dataset  # noqa: E402
 from training.data.mnist import load_mnist_arrays  # noqa: E402
-from training.model import build_meg  # noqa: E402
-from training.train import CHECKPOINT, train  # noqa: E402
+from training.train import train  # noqa: E402
 
 SIDE = 28
 N_MODES = 1000
@@ -70,24 +69,25 @@ class DigitCNN(nn.Module):
         return self.net(x)
 
 
-def train_classifier(pixels: np.ndarray, labels: np.ndarray, epochs: int, seed: int) -> tuple[DigitCNN, dict[str, Any]]:
+def train_classifier(pixels: np.ndarray, labels: np.ndarray, epochs: int, seed: int,
+                     device: str = "cpu") -> tuple[DigitCNN, dict[str, Any]]:
     """Train on (1 − CLASSIFIER_HELD_OUT) of the images; accuracy on the rest."""
     t0 = time.time()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pixels))
     n_hold = int(round(CLASSIFIER_HELD_OUT * len(pixels)))
     hold, fit = order[:n_hold], order[n_hold:]
-    x = torch.from_numpy(pixels).view(-1, 1, SIDE, SIDE)
-    y = torch.from_numpy(labels)
+    x = torch.from_numpy(pixels).view(-1, 1, SIDE, SIDE).to(device)
+    y = torch.from_numpy(labels).to(device)
     torch.manual_seed(seed)
-    clf = DigitCNN()
+    clf = DigitCNN().to(device)
     opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     fit_t = torch.from_numpy(fit)
     for _ in range(epochs):
         perm = fit_t[torch.randperm(len(fit_t), generator=g)]
         for i in range(0, len(perm), 128):
-            b = perm[i : i + 128]
+            b = perm[i : i + 128].to(device)
             xb = x[b]
             # Light augmentation (±2 px shifts) helps on generated digits that sit off-centre.
             dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
@@ -105,11 +105,12 @@ def train_classifier(pixels: np.ndarray, labels: np.ndarray, epochs: int, seed: 
 
 @torch.no_grad()
 def classify_digits(clf: DigitCNN, flat: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """Digit of each (N, 784) row in [-1, 1]."""
+    """Digit of each (N, 784) row in [-1, 1] (on the classifier's device)."""
+    device = next(clf.parameters()).device
     out = []
     for i in range(0, len(flat), batch):
-        xb = torch.as_tensor(flat[i : i + batch], dtype=torch.float32).view(-1, 1, SIDE, SIDE)
-        out.append(clf(xb).argmax(1).numpy())
+        xb = torch.as_tensor(flat[i : i + batch], dtype=torch.float32, device=device).view(-1, 1, SIDE, SIDE)
+        out.append(clf(xb).argmax(1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
@@ -153,7 +154,7 @@ def configure(args: argparse.Namespace, seed: int) -> RecipeConfig:
         f"model.e_hidden=[{args.hidden}]", f"model.enc_hidden=[{args.hidden}]",
         f"model.t_hidden=[{args.hidden}]", "model.g_output=tanh",
         f"train.steps={args.steps}", f"train.batch_size={args.batch}", f"train.lr={args.lr}",
-        f"train.seed={seed}", f"train.num_threads={args.threads}", "train.device=cpu",
+        f"train.seed={seed}", f"train.num_threads={args.threads}", f"train.device={getattr(args, 'device', 'cpu')}",
         "train.preview_every=0", "train.checkpoint_every=0", "train.eval_mcmc_steps=0",
         f"train.max_minutes={args.max_minutes}",
         *args.set,
@@ -162,8 +163,11 @@ def configure(args: argparse.Namespace, seed: int) -> RecipeConfig:
 
 @torch.no_grad()
 def generate(generator: nn.Module, n: int, latent_dim: int, seed: int) -> np.ndarray:
+    """`n` samples of `generator` (on its device) from seeded CPU latents, so that the
+    latents are the same on every device."""
+    device = next(generator.parameters()).device
     g = torch.Generator().manual_seed(12345 + seed)
-    out = [generator(torch.randn(min(2000, n - i), latent_dim, generator=g)).numpy()
+    out = [generator(torch.randn(min(2000, n - i), latent_dim, generator=g).to(device)).cpu().numpy()
            for i in range(0, n, 2000)]
     return np.concatenate(out)
 
@@ -186,6 +190,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override applied to both MEG and WGAN-GP (repeatable)")
+    p.add_argument("--only", choices=("both", "meg", "wgan_gp"), default="both",
+                   help="train one model only (writes stacked_mnist_ONLY_sSEED.json, not the docs)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (the classifier and the model)")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 steps, 3k triples, 2k samples")
     args = p.parse_args()
     if args.quick:
@@ -197,7 +204,7 @@ def main() -> None:
     images, labels, parts = load_mnist_arrays()
     pixels = (images.reshape(len(images), -1).astype(np.float32) / np.float32(127.5) - 1.0).astype(np.float32)
     print(f"MNIST {parts}: {len(pixels)} images; training the classifier ...", flush=True)
-    clf, clf_info = train_classifier(pixels, labels, args.classifier_epochs, args.seed)
+    clf, clf_info = train_classifier(pixels, labels, args.classifier_epochs, args.seed, device=args.device)
     print(f"  classifier held-out accuracy {clf_info['accuracy_held_out']:.4f} ({clf_info['seconds']}s)", flush=True)
 
     ds, idx = stacked_dataset(pixels, args.triples, 1000, args.seed)
@@ -209,42 +216,49 @@ def main() -> None:
 
     results: dict[str, Any] = {}
     grids: dict[str, bytes] = {}
+    settings = {"model": configure(args, args.seed).to_dict()["model"],
+                "train": configure(args, args.seed).to_dict()["train"]}
+    meg_steps = args.steps
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = configure(args, args.seed)
-        print(f"MEG: {cfg.train.steps} steps ({time.time() - t_start:.0f}s elapsed) ...", flush=True)
-        res = train(cfg, None, Path(tmp) / "meg", progress=False, dataset=ds)
-        meg = build_meg(cfg.model, cfg.train.entropy, torch.device("cpu"))
-        state = torch.load(res.run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-        for k, m in meg.modules().items():
-            m.load_state_dict(state["modules"][k])
-            m.eval()
-        x = generate(meg.generator, args.samples, cfg.model.latent_dim, args.seed)
-        results["meg"] = {**mode_metrics(mode_ids(clf, x)), "steps": res.steps,
-                          "train_seconds": round(res.seconds, 1)}
-        grids["meg"] = image_grid(x[:64], [3, SIDE, SIDE], [-1.0, 1.0])
-        print(f"  MEG {res.steps} steps in {res.seconds:.0f}s: {results['meg']}", flush=True)
-        settings = {"model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"]}
+        if args.only == "wgan_gp":
+            pass
+        else:
+            cfg = configure(args, args.seed)
+            print(f"MEG: {cfg.train.steps} steps ({time.time() - t_start:.0f}s elapsed) ...", flush=True)
+            res = train(cfg, None, Path(tmp) / "meg", progress=False, dataset=ds)
+            # res.model: the exported weights (the last step here: the stacked set has no
+            # selection rows), on the training device.
+            x = generate(res.model.generator, args.samples, cfg.model.latent_dim, args.seed)
+            results["meg"] = {**mode_metrics(mode_ids(clf, x)), "steps": res.steps,
+                              "train_seconds": round(res.seconds, 1)}
+            grids["meg"] = image_grid(x[:64], [3, SIDE, SIDE], [-1.0, 1.0])
+            print(f"  MEG {res.steps} steps in {res.seconds:.0f}s: {results['meg']}", flush=True)
+            meg_steps = res.steps
 
-    cfg_w = configure(args, args.seed)
-    cfg_w.train.steps = res.steps  # the same budget even if MEG hit --max-minutes
-    cfg_w.train.max_minutes = 0.0
-    print(f"WGAN-GP: {cfg_w.train.steps} steps ({time.time() - t_start:.0f}s elapsed) ...", flush=True)
-    wres = train_wgan_gp(cfg_w, ds, gp_weight=args.gp_weight, progress=True)
-    x = generate(wres.generator, args.samples, cfg_w.model.latent_dim, args.seed)
-    results["wgan_gp"] = {**mode_metrics(mode_ids(clf, x)), "steps": wres.steps,
-                          "train_seconds": round(wres.seconds, 1), "gp_weight": args.gp_weight}
-    grids["wgan_gp"] = image_grid(x[:64], [3, SIDE, SIDE], [-1.0, 1.0])
-    print(f"  WGAN-GP {wres.steps} steps in {wres.seconds:.0f}s: {results['wgan_gp']}", flush=True)
+    if args.only != "meg":
+        cfg_w = configure(args, args.seed)
+        cfg_w.train.steps = meg_steps  # the same budget even if MEG hit --max-minutes
+        cfg_w.train.max_minutes = 0.0
+        print(f"WGAN-GP: {cfg_w.train.steps} steps ({time.time() - t_start:.0f}s elapsed) ...", flush=True)
+        wres = train_wgan_gp(cfg_w, ds, gp_weight=args.gp_weight, progress=True)
+        x = generate(wres.generator, args.samples, cfg_w.model.latent_dim, args.seed)
+        results["wgan_gp"] = {**mode_metrics(mode_ids(clf, x)), "steps": wres.steps,
+                              "train_seconds": round(wres.seconds, 1), "gp_weight": args.gp_weight}
+        grids["wgan_gp"] = image_grid(x[:64], [3, SIDE, SIDE], [-1.0, 1.0])
+        print(f"  WGAN-GP {wres.steps} steps in {wres.seconds:.0f}s: {results['wgan_gp']}", flush=True)
     wall = time.time() - t_start
 
+    partial = args.quick or args.only != "both"
     stem = "stacked_mnist_quick" if args.quick else "stacked_mnist"
-    # Quick runs stay in bench/results; real runs go beside the page that shows them.
-    grid_dir = RESULTS if args.quick else ROOT / "docs" / "img"
+    if args.only != "both":
+        stem = f"{stem}_{args.only}_s{args.seed}"
+    # Quick and one-model runs stay in bench/results; real runs go beside the page.
+    grid_dir = RESULTS if partial else ROOT / "docs" / "img"
     for k, png in grids.items():
         grid_dir.mkdir(parents=True, exist_ok=True)
         (grid_dir / f"{stem}_{k}.png").write_bytes(png)
     cmd = ("MEG_DATA_DIR=/work/shared/data .venv/bin/python bench/stacked_mnist.py " + " ".join(sys.argv[1:])).strip()
-    out = {"machine": info, "command": cmd, "wall_seconds": round(wall, 1), "mnist_parts": parts,
+    out: dict[str, Any] = {"machine": info, "command": cmd, "wall_seconds": round(wall, 1), "mnist_parts": parts,
            "args": vars(args), "classifier": clf_info, "reference": reference, "results": results,
            "settings": settings, "sample_grids": [str((grid_dir / f"{stem}_{k}.png").relative_to(ROOT)) for k in grids]}
     path = save_json(stem, out)
@@ -259,12 +273,14 @@ def main() -> None:
          n_ref, "", ""],
     ]
     for key, name in (("meg", "MEG (samples of G)"), ("wgan_gp", f"WGAN-GP (λ {args.gp_weight:g})")):
+        if key not in results:
+            continue
         r = results[key]
         rows.append([name, r["modes_covered"], r["modes_covered_10"], r["kl_modes_uniform"],
                      r["n_samples"], r["steps"], f"{r['train_seconds'] / 60:.1f} min"])
     print(f"wrote {path} ({wall:.0f}s)")
     print(table(header, rows))
-    if args.quick:
+    if partial:
         return
     m, t = settings["model"], settings["train"]
     md = [

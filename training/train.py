@@ -508,6 +508,10 @@ def train(
         else:
             mi = losses.encoder_mi_loss(z, meg.encoder(x_gen))
             mi_aux = torch.zeros((), device=device)
+        # The entropy term's health, whichever estimator trains G: how well the encoder
+        # recovers z from G(z) on this batch (its MSE, against E‖z‖² = latent_dim with no
+        # information) and the Barber-Agakov bound on I(x; z) that MSE implies.
+        encoder_mse = mi_aux if meg.statistics is not None else mi
         loss_g = losses.generator_loss(e_gen, mi, tc.entropy_weight) + mi_aux
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -521,7 +525,12 @@ def train(
                 "penalty": penalty.item(), "mi_loss": mi.item(),
                 "energy_gap": (e_real.mean() - e_fake.mean()).item(),
                 "energy_real": e_real.mean().item(), "energy_fake": e_fake.mean().item(),
+                "encoder_mse": encoder_mse.item(),
+                "mi_bound_nats": mi_lower_bound(encoder_mse.item(), cfg.model.latent_dim),
             }
+            if meg.statistics is not None:
+                # The JSD estimator's own value: −(its loss) + log 4 is ≥ 0, higher = more MI.
+                last["mi_jsd"] = math.log(4.0) - mi.item()
             history.append({"step": step, **last})
             if writer is not None:
                 for k, v in last.items():

@@ -1,0 +1,767 @@
+"""One command that runs the StackedMNIST ablation sweep (MEG configs against WGAN-GP, on
+one GPU shared by several processes) and the 2-D toys (MEG and WGAN-GP, CPU processes of
+one thread each) in parallel on one machine, each run under a hard wall-clock cap.
+
+    PYTHONPATH=. MEG_DATA_DIR=.gpudata python3 bench/sweep_gpu.py --out DIR
+        [--steps 2000] [--device cuda] [--gpu-workers 10] [--cpu-workers 15]
+        [--total-minutes 7] [--only stacked,toys] [--smoke]
+
+What runs (`plan()` lists every job; `--list` prints them without running anything):
+- StackedMNIST (`bench/stacked_mnist.py`'s data, classifier, nets and metrics): WGAN-GP
+  and MEG configurations at the same step budget: the docs' current MEG config, the
+  proposed config, and one-factor ablations (entropy estimator, entropy weight, penalty λ
+  and where it applies, n_critic, learning rate, MALA negatives). The baseline and the
+  proposed configs run 3 seeds, the ablations one.
+- Toys (`bench/toys.py`'s recipes and metrics): 25gaussians and 8gaussians, MEG with the
+  recipe, MEG with the proposed change and WGAN-GP, 3 seeds each.
+
+Every run records its config, its exact equivalent command (`bench_command`, and
+`meg_command` where a `meg train` recipe exists), steps reached, wall time, device, the
+training curves (energy gap, encoder MSE against z and the MI bound it implies) and its
+scores. The main process rewrites DIR/sweep.json (and DIR/sweep_grids.json, 36 samples of
+each StackedMNIST run as base64 PNG) after every finished run, so a sweep that is killed
+still leaves what finished; DIR/sweep_log.txt is its log. At the end it also writes
+DIR/sweep_curves.png (MI bound, encoder MSE and energy gap over training) and
+DIR/sweep_samples.png (the sample grids of the first seed).
+
+Scheduling: one CPU per process; up to --gpu-workers StackedMNIST processes share the GPU,
+the toys take the other CPUs (all of them once no StackedMNIST job waits). A job starts
+only when it is likely to finish before --total-minutes (the median duration of finished
+runs of its kind, else a first guess); its training stops at 80% of its cap or 45 s before
+the deadline, whichever is first (`budget_complete` false then), and a process past its
+cap + 45 s, or alive at the deadline, is killed. When 3/4 of the one-seed ablations are in,
+seeds 1 and 2 of the best `--adaptive` of them are queued first, time allowing.
+
+Scratch files (classifier weights, run directories, worker logs) go to a temporary
+directory, never to DIR. Workers are this script with `--worker JOB.json`; needs torch,
+numpy, scikit-learn, matplotlib (no web-service packages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+SEEDS = (0, 1, 2)
+TOYS = ("25gaussians", "8gaussians")
+LOG_EVERY = 25  # training-curve resolution (steps)
+DATA_ENV = 'MEG_DATA_DIR="$MEG_DATA_DIR"'
+
+# ----------------------------------------------------------------------------- the plan
+
+# StackedMNIST: --set overrides on top of bench/stacked_mnist.py's configure() (the `mnist`
+# recipe reduced to fit a CPU: conv width 16, head 128, z 64, batch 64, lr 2e-4).
+# "meg_docs" is the config behind docs/benchmarks.md's 422/1000 row.
+STACKED_BASE = ["train.lr_schedule=linear"]
+MEG_DOCS = ["train.entropy_weight=0.1"]
+# The proposed config (see the diagnosis in the module's report): set by PROPOSED below.
+STACKED_CONFIGS: dict[str, tuple[str, list[str], float]] = {
+    # name: (method, overrides, WGAN-GP λ (unused by MEG))
+    "wgan_gp": ("wgan_gp", [], 10.0),
+    "meg_docs": ("meg", MEG_DOCS, 0.0),
+}
+PROPOSED = ["train.entropy_weight=1.0", "train.gp_weight=10.0"]
+STACKED_CONFIGS["meg_proposed"] = ("meg", PROPOSED, 0.0)
+# One-factor ablations around the docs' config (and a few around the proposed one), one
+# seed each, cheapest and most telling first. PAPER_PENALTY: the paper's code's λ 10 on a
+# score norm taken over the channel axis only and averaged over pixels, i.e. λ 10 / (28·28)
+# on the full squared norm this code penalises.
+PAPER_PENALTY = 10.0 / (28 * 28)
+_ABLATIONS: dict[str, list[str]] = {
+    "meg_w0": ["train.entropy_weight=0.0"],
+    "meg_w1": ["train.entropy_weight=1.0"],
+    "meg_gp10": ["train.entropy_weight=0.1", "train.gp_weight=10.0"],
+    "meg_gp1": ["train.entropy_weight=0.1", "train.gp_weight=1.0"],
+    "meg_jsd_w0.5": ["train.entropy=jsd", "train.entropy_weight=0.5"],
+    "meg_paperlike": ["train.entropy=jsd", "train.entropy_weight=0.5",
+                      f"train.gp_weight={PAPER_PENALTY:.6f}", "train.lr=1e-4"],
+    "meg_ncritic2": ["train.entropy_weight=0.1", "train.n_critic=2"],
+    "meg_lr5e-4": ["train.entropy_weight=0.1", "train.lr=5e-4"],
+    "meg_w0.01": ["train.entropy_weight=0.01"],
+    "meg_w10": ["train.entropy_weight=10.0"],
+    "meg_gp1000": ["train.entropy_weight=0.1", "train.gp_weight=1000.0"],
+    "meg_ncritic1": ["train.entropy_weight=0.1", "train.n_critic=1"],
+    "meg_lr1e-4": ["train.entropy_weight=0.1", "train.lr=1e-4"],
+    "meg_constant_lr": ["train.entropy_weight=0.1", "train.lr_schedule=constant"],
+    "meg_proposed_jsd": [*PROPOSED, "train.entropy=jsd", "train.entropy_weight=0.5"],
+    "meg_proposed_lr5e-4": [*PROPOSED, "train.lr=5e-4"],
+    "meg_proposed_w3": [*PROPOSED, "train.entropy_weight=3.0"],
+    "meg_mala5": ["train.entropy_weight=0.1", "train.mcmc_steps=5", "train.mcmc_step_size=0.01"],
+}
+for _k, _v in _ABLATIONS.items():
+    STACKED_CONFIGS[_k] = ("meg", _v, 0.0)
+STACKED_SEEDED = ("meg_proposed", "wgan_gp", "meg_docs")  # 3 seeds; the rest one
+
+# Toys: --set overrides on top of the recipe (training/recipes/NAME.toml); WGAN-GP as
+# bench/toys.py runs it (λ 0.1, MEG's lr and schedule, the same steps).
+TOY_CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "meg_proposed": ("meg", ["train.entropy_weight=0.001"]),
+    "wgan_gp": ("wgan_gp", []),
+}
+TOY_ABLATIONS: dict[str, list[str]] = {  # MEG, one seed each
+    "meg_recipe": [],
+    "meg_w0": ["train.entropy_weight=0.0"],
+    "meg_w0.0003": ["train.entropy_weight=0.0003"],
+}
+
+
+def dedupe(overrides: list[str]) -> list[str]:
+    """`section.key=value` overrides with each key once (its last value, at its last place)."""
+    last = {o.split("=", 1)[0]: i for i, o in enumerate(overrides)}
+    return [o for i, o in enumerate(overrides) if last[o.split("=", 1)[0]] == i]
+
+
+def stacked_bench_command(method: str, seed: int, steps: int, device: str, overrides: list[str],
+                          gp_weight: float) -> str:
+    sets = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
+    gp = f" --gp-weight {gp_weight:g}" if method == "wgan_gp" else ""
+    return (f"{DATA_ENV} python3 bench/stacked_mnist.py --only {method} --steps {steps} "
+            f"--seed {seed} --device {device} --threads 1{gp} {sets}").strip()
+
+
+def toy_commands(name: str, method: str, seed: int, steps: int, overrides: list[str]) -> tuple[str, str]:
+    sets = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
+    st = f" --steps {steps}" if steps else ""
+    bench = (f"python3 bench/toys.py --only {name} --seeds {seed}{st} --threads 1 {sets}").strip()
+    if method != "meg":
+        return bench, ""
+    msets = [f"train.seed={seed}", "train.num_threads=1", "train.device=cpu",
+             *([f"train.steps={steps}"] if steps else []), *overrides]
+    meg = f"meg train {name} " + " ".join(f"--set {shlex.quote(o)}" for o in msets) + " --out models/" + name
+    return bench, meg
+
+
+def stacked_job(args: argparse.Namespace, config: str, seed: int) -> dict[str, Any]:
+    method, sets, gp = STACKED_CONFIGS[config]
+    overrides = dedupe([*STACKED_BASE, *sets, f"train.log_every={LOG_EVERY}"])
+    return {
+        "id": f"stacked/{config}/s{seed}", "task": "stacked", "config": config,
+        "method": method, "seed": seed, "steps": args.steps, "overrides": overrides,
+        "gp_weight": gp, "device": args.device, "pool": "gpu",
+        "cap_s": args.stacked_cap_s, "triples": args.triples, "samples": args.samples,
+        "bench_command": stacked_bench_command(method, seed, args.steps, args.device,
+                                               overrides, gp),
+    }
+
+
+def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every job, most important first (the scheduler starts them in this order): the
+    3-seed StackedMNIST rows, then the one-seed ablations; the toys run beside them on
+    the CPUs. More seeds of the best ablations are added while the sweep runs
+    (`adaptive_seeds`)."""
+    jobs: list[dict[str, Any]] = []
+    only = set(args.only.split(","))
+    if "stacked" in only:
+        seeded = [(c, s) for s in args.seeds for c in STACKED_SEEDED]
+        single = [(c, args.seeds[0]) for c in STACKED_CONFIGS if c not in STACKED_SEEDED]
+        for config, seed in seeded + single:
+            jobs.append(stacked_job(args, config, seed))
+    if "toys" in only:
+        toy_jobs = [(c, s) for s in args.seeds for c in TOY_CONFIGS]
+        toy_jobs += [(c, args.seeds[0]) for c in TOY_ABLATIONS]
+        for config, seed in toy_jobs:
+            for name in TOYS:
+                method, sets = TOY_CONFIGS.get(config, ("meg", TOY_ABLATIONS.get(config, [])))
+                bench, meg = toy_commands(name, method, seed, args.toy_steps, sets)
+                jobs.append({
+                    "id": f"{name}/{config}/s{seed}", "task": "toy", "dataset": name,
+                    "config": config, "method": method, "seed": seed, "steps": args.toy_steps,
+                    "overrides": list(sets), "gp_weight": 0.1, "device": "cpu", "pool": "cpu",
+                    "cap_s": args.toy_cap_s, "mala_steps": args.toy_mala_steps,
+                    "bench_command": bench, "meg_command": meg,
+                })
+    return jobs
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _history_of(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text())["history"] if path.is_file() else []
+
+
+def run_stacked(job: dict[str, Any], work: Path) -> dict[str, Any]:
+    import numpy as np
+    import stacked_mnist as sm
+    import torch
+    from wgan_gp import train_wgan_gp
+
+    from meg.render import image_grid
+    from training.data.mnist import load_mnist_arrays
+    from training.train import train
+
+    seed, device = job["seed"], job["device"]
+    images, labels, _ = load_mnist_arrays()
+    pixels = (images.reshape(len(images), -1).astype(np.float32) / np.float32(127.5) - 1.0).astype(np.float32)
+    clf = sm.DigitCNN()
+    clf.load_state_dict(torch.load(work / f"classifier_s{seed}.pt", map_location="cpu", weights_only=True))
+    clf.to(device).eval()
+    ds, _ = sm.stacked_dataset(pixels, job["triples"], 1000, seed)
+    # Training stops at train_cap_s (the scheduler's share of the cap and of the time left);
+    # the rest is for sampling and scoring.
+    train_minutes = job["train_cap_s"] / 60.0
+    ns = argparse.Namespace(latent_dim=64, conv_width=16, hidden=128, steps=job["steps"], batch=64,
+                            lr=2e-4, threads=1, max_minutes=round(train_minutes, 3),
+                            set=job["overrides"], device=device)
+    cfg = sm.configure(ns, seed)
+    t0 = time.time()
+    if job["method"] == "meg":
+        res = train(cfg, None, work / "runs" / job["id"].replace("/", "_"), progress=False, dataset=ds)
+        gen, steps, train_s = res.model.generator, res.steps, res.seconds
+        history = _history_of(res.run_dir)
+    else:
+        cfg.train.max_minutes = round(train_minutes, 3)
+        wres = train_wgan_gp(cfg, ds, gp_weight=job["gp_weight"], progress=False, log_every=LOG_EVERY)
+        gen, steps, train_s, history = wres.generator, wres.steps, wres.seconds, wres.history
+    gen.eval()
+    x = sm.generate(gen, job["samples"], cfg.model.latent_dim, seed)
+    metrics = sm.mode_metrics(sm.mode_ids(clf, x))
+    grid = image_grid(x[:36], [3, sm.SIDE, sm.SIDE], [-1.0, 1.0])
+    return {**metrics, "steps": steps, "train_seconds": round(train_s, 2),
+            "budget_complete": steps >= job["steps"], "history": history,
+            "settings": {"model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"]},
+            "sample_grid_png_b64": base64.b64encode(grid).decode("ascii"),
+            "score_seconds": round(time.time() - t0 - train_s, 2)}
+
+
+def run_toy(job: dict[str, Any], work: Path) -> dict[str, Any]:
+    import torch
+    import toys as tb
+    from wgan_gp import train_wgan_gp
+
+    from meg.mala import sample_latent
+    from training.data.toys import load_toy
+    from training.train import train
+
+    name, seed = job["dataset"], job["seed"]
+    ns = argparse.Namespace(threads=1, steps=job["steps"], set=job["overrides"])
+    cfg = tb.configure(name, seed, ns)
+    cfg.train.log_every = LOG_EVERY * 2
+    cfg.train.max_minutes = round(job["train_cap_s"] / 60.0, 3)
+    data = load_toy(cfg.data.toy, n=cfg.data.n, seed=cfg.data.split_seed)
+    out: dict[str, Any] = {}
+    if job["method"] == "meg":
+        res = train(cfg, None, work / "runs" / job["id"].replace("/", "_"), progress=False, dataset=data)
+        gen, energy, steps, train_s = res.model.generator, res.model.energy, res.steps, res.seconds
+        history = _history_of(res.run_dir)
+    else:
+        wres = train_wgan_gp(cfg, data, gp_weight=job["gp_weight"], progress=False, log_every=LOG_EVERY * 2)
+        gen, energy, steps, train_s, history = wres.generator, wres.critic, wres.steps, wres.seconds, wres.history
+    gen.eval()
+    energy.eval()
+    x = tb.prior_samples(gen, cfg.model.latent_dim, seed)
+    out = {**tb.score(name, x), "steps": steps, "planned_steps": cfg.train.steps,
+           "budget_complete": steps >= cfg.train.steps, "train_seconds": round(train_s, 2),
+           "history": history,
+           "settings": {"model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"]}}
+    if job["method"] == "meg" and job.get("mala_steps", 0) > 0:
+        t1 = time.time()
+        mres = sample_latent(gen, energy, tb.N_SAMPLES, cfg.model.latent_dim, job["mala_steps"],
+                             step_size=cfg.train.mcmc_step_size, temperature=1.0, adapt=True,
+                             rng=torch.Generator().manual_seed(777 + seed))
+        with torch.no_grad():
+            xm = gen(mres.z).numpy()
+        out["mala_T1"] = {**tb.score(name, xm), "mala_steps": job["mala_steps"],
+                          "acceptance": float(mres.acceptance.mean()),
+                          "seconds": round(time.time() - t1, 2)}
+    return out
+
+
+def adaptive_seeds(args: argparse.Namespace, jobs: list[dict[str, Any]],
+                   results: dict[str, dict[str, Any]], pending: list[dict[str, Any]],
+                   k: int) -> list[dict[str, Any]]:
+    """Seeds 1, 2 of the `k` one-seed MEG ablations with the most modes covered (ties: the
+    lower KL) among those finished, once every one-seed StackedMNIST job has started and
+    at least 3/4 of them have finished; [] before then."""
+    single = [j for j in jobs if j["task"] == "stacked" and j["config"] not in STACKED_SEEDED
+              and j["seed"] == args.seeds[0]]
+    done = [j for j in single if j["id"] in results]
+    if not single or any(j in pending for j in single) or len(done) < 0.75 * len(single):
+        return []
+    single = done
+    ok = [(results[j["id"]], j["config"]) for j in single
+          if results[j["id"]].get("status") == "ok" and results[j["id"]].get("budget_complete")
+          and STACKED_CONFIGS[j["config"]][0] == "meg"]
+    ok.sort(key=lambda rc: (-rc[0]["modes_covered"], rc[0]["kl_modes_uniform"]))
+    have = {j["id"] for j in jobs}
+    return [stacked_job(args, c, s) for _, c in ok[:k] for s in args.seeds[1:]
+            if f"stacked/{c}/s{s}" not in have]
+
+
+def _watchdog(cap_s: float) -> None:
+    """End this worker when the sweep that started it is gone, or long past its cap."""
+    import threading
+
+    parent, t0 = os.getppid(), time.time()
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            if os.getppid() != parent or time.time() - t0 > cap_s + 90:
+                os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def worker_main(job_path: Path) -> None:
+    import torch
+
+    job = json.loads(job_path.read_text())
+    _watchdog(float(job["cap_s"]))
+    torch.set_num_threads(1)
+    if job["device"].startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convs
+    work = Path(job["work"])
+    t0 = time.time()
+    try:
+        result = run_stacked(job, work) if job["task"] == "stacked" else run_toy(job, work)
+        result["status"] = "ok"
+    except Exception as e:  # recorded, not fatal: the sweep goes on
+        import traceback
+
+        result = {"status": "error", "error": f"{type(e).__name__}: {e}",
+                  "traceback": traceback.format_exc()[-3000:]}
+    result["wall_seconds"] = round(time.time() - t0, 2)
+    result["device_name"] = (torch.cuda.get_device_name(0)
+                             if job["device"].startswith("cuda") and torch.cuda.is_available() else "cpu")
+    tmp = Path(job["result"]).with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, default=_json_default))
+    tmp.replace(job["result"])
+
+
+# ----------------------------------------------------------------------------- main process
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _clean(o: Any) -> Any:
+    """NaN/inf as None so that sweep.json is strict JSON."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_clean(v) for v in o]
+    return o
+
+
+def train_classifiers(args: argparse.Namespace, work: Path, log) -> dict[str, Any]:
+    import numpy as np
+    import stacked_mnist as sm
+    import torch
+
+    from training.data.mnist import load_mnist_arrays
+
+    images, labels, parts = load_mnist_arrays()
+    pixels = (images.reshape(len(images), -1).astype(np.float32) / np.float32(127.5) - 1.0).astype(np.float32)
+    info: dict[str, Any] = {"mnist_parts": parts}
+    for seed in args.seeds:
+        clf, ci = sm.train_classifier(pixels, labels, args.classifier_epochs, seed, device=args.device)
+        torch.save({k: v.cpu() for k, v in clf.state_dict().items()}, work / f"classifier_s{seed}.pt")
+        ds, idx = sm.stacked_dataset(pixels, args.triples, 1000, seed)
+        n_ref = min(args.samples, len(ds.train))
+        true_ids = 100 * labels[idx[:n_ref, 0]] + 10 * labels[idx[:n_ref, 1]] + labels[idx[:n_ref, 2]]
+        ci["reference_true_labels"] = sm.mode_metrics(true_ids)
+        ci["reference_classified"] = sm.mode_metrics(sm.mode_ids(clf, ds.train[:n_ref]))
+        info[f"seed{seed}"] = ci
+        log(f"classifier seed {seed}: held-out accuracy {ci['accuracy_held_out']:.4f} "
+            f"({ci['seconds']}s); real triples {ci['reference_classified']['modes_covered']} modes")
+    return info
+
+
+def summarise(results: dict[str, dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    import numpy as np
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        r = results.get(job["id"])
+        if r is None or r.get("status") != "ok":
+            continue
+        key = f"{job['task'] if job['task'] == 'stacked' else job['dataset']}/{job['config']}"
+        groups.setdefault(key, []).append(r)
+    keys = {"stacked": ("modes_covered", "modes_covered_10", "kl_modes_uniform", "steps", "train_seconds"),
+            "toy": ("modes_covered", "high_quality_fraction", "kl_modes_uniform", "steps", "train_seconds")}
+    out: dict[str, Any] = {}
+    for key, rs in groups.items():
+        kind = "stacked" if key.startswith("stacked/") else "toy"
+        agg: dict[str, Any] = {"n_seeds": len(rs), "all_budget_complete": all(r.get("budget_complete") for r in rs)}
+        for k in keys[kind]:
+            v = np.array([r[k] for r in rs if r.get(k) is not None], dtype=np.float64)
+            if len(v):
+                agg[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+                          "values": v.tolist()}
+        if kind == "toy" and all("mala_T1" in r for r in rs):
+            v = np.array([r["mala_T1"]["high_quality_fraction"] for r in rs])
+            agg["mala_T1_high_quality_fraction"] = {"mean": float(v.mean()), "values": v.tolist()}
+        hist = [r.get("history") or [] for r in rs]
+        if hist and hist[0] and "mi_bound_nats" in hist[0][-1]:
+            agg["final_mi_bound_nats"] = float(np.mean([h[-1]["mi_bound_nats"] for h in hist if h]))
+            agg["final_encoder_mse"] = float(np.mean([h[-1]["encoder_mse"] for h in hist if h]))
+        out[key] = agg
+    return out
+
+
+def plot_curves(path: Path, results: dict[str, dict[str, Any]], jobs: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    for job in jobs:
+        r = results.get(job["id"])
+        if job["task"] != "stacked" or r is None or r.get("status") != "ok" or not r.get("history"):
+            continue
+        h = r["history"]
+        steps = [p["step"] for p in h]
+        lbl = f"{job['config']} s{job['seed']} ({r['modes_covered']} modes)"
+        if "mi_bound_nats" in h[0]:
+            axes[0].plot(steps, [p["mi_bound_nats"] for p in h], lw=1, ms=2, marker=".", label=lbl)
+            axes[1].plot(steps, [p["encoder_mse"] for p in h], lw=1, ms=2, marker=".", label=lbl)
+        gap = [p.get("energy_gap", -p.get("wasserstein", 0.0)) for p in h]
+        axes[2].plot(steps, gap, lw=1, ms=2, marker=".", label=lbl)
+    axes[0].set_title("MI lower bound −d/2·log(mse/d) (nats), training batches")
+    axes[1].set_title("encoder MSE ‖z − Enc(G(z))‖² (no information: 64)")
+    axes[1].axhline(64, color="k", ls=":", lw=0.8)
+    axes[2].set_title("mean E(real) − mean E(fake) (symlog)")
+    axes[2].set_yscale("symlog")
+    for ax in axes:
+        ax.set_xlabel("generator step")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=5, ncol=2)
+    fig.suptitle("StackedMNIST: MEG's entropy term over training (bench/sweep_gpu.py)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_samples(path: Path, results: dict[str, dict[str, Any]], jobs: list[dict[str, Any]],
+                 grids: dict[str, str]) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    shown = [j for j in jobs if j["task"] == "stacked" and j["seed"] == jobs[0]["seed"] and j["id"] in grids]
+    if not shown:
+        return
+    cols = 6
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, job in zip(axes.ravel(), shown, strict=False):
+        r = results[job["id"]]
+        img = Image.open(io.BytesIO(base64.b64decode(grids[job["id"]])))
+        ax.imshow(img)
+        ax.set_title(f"{job['config']}: {r['modes_covered']} modes, KL {r['kl_modes_uniform']:.2f}", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity, bounded by a cgroup quota (a container's
+    os.cpu_count() is the host's)."""
+    from meg.threads import detect_cpus
+
+    info = detect_cpus()
+    n = info.affinity or info.cpu_count or 1
+    if info.quota is not None:
+        n = min(n, max(1, math.floor(info.quota)))
+    return max(1, n)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(), "cuda_available": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "platform": platform.platform(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, help="result directory (sweep.json, two PNGs, a log)")
+    p.add_argument("--steps", type=int, default=2000, help="StackedMNIST generator steps (every model)")
+    p.add_argument("--toy-steps", type=int, default=0, help="toy steps (0: each recipe's)")
+    p.add_argument("--toy-mala-steps", type=int, default=300, help="latent MALA steps at T=1 on MEG toys")
+    p.add_argument("--device", default="auto", help="StackedMNIST device: auto | cuda | cpu")
+    p.add_argument("--gpu-workers", type=int, default=10, help="StackedMNIST processes at once")
+    p.add_argument("--cpu-workers", type=int, default=0,
+                   help="toy processes at once (0: the CPUs left after the GPU workers, minus one)")
+    p.add_argument("--stacked-cap-s", type=float, default=240.0, help="hard cap of one StackedMNIST run")
+    p.add_argument("--toy-cap-s", type=float, default=300.0, help="hard cap of one toy run")
+    p.add_argument("--total-minutes", type=float, default=6.5, help="the whole sweep ends by then")
+    p.add_argument("--triples", type=int, default=30000)
+    p.add_argument("--samples", type=int, default=26000)
+    p.add_argument("--classifier-epochs", type=int, default=4)
+    p.add_argument("--only", default="stacked,toys", help="stacked, toys or both")
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="seeds of the seeded rows")
+    p.add_argument("--configs", default="", help="comma-separated config names: run only these")
+    p.add_argument("--adaptive", type=int, default=2,
+                   help="also run seeds 1, 2 of this many best one-seed MEG ablations (time allowing)")
+    p.add_argument("--smoke", action="store_true",
+                   help="every job at tiny sizes (steps 20, 3k triples, 2k samples): a plumbing test")
+    p.add_argument("--list", action="store_true", help="print the jobs and exit")
+    p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker is not None:
+        worker_main(args.worker)
+        return
+    args.seeds = [int(x) for x in str(args.seeds).split(",") if x != ""]
+    if args.smoke:
+        args.steps = min(args.steps, 20)
+        args.toy_steps = args.toy_steps or 20
+        args.toy_mala_steps = min(args.toy_mala_steps, 10)
+        args.triples, args.samples, args.classifier_epochs = 3000, 2000, 1
+    # First guesses of a run's duration (s) on the GPU machine, before any run of the kind
+    # has finished: see the module's docstring.
+    args.guess_s = {"stacked": 100.0, "25gaussians": 200.0, "8gaussians": 140.0}
+    if args.smoke:
+        args.guess_s = {}
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    jobs = plan(args)
+    if args.configs:
+        keep = set(args.configs.split(","))
+        jobs = [j for j in jobs if j["config"] in keep]
+        args.adaptive = 0
+    if args.list:
+        for j in jobs:
+            print(f"{j['id']:40s} {j['pool']:4s} {j['bench_command']}")
+        return
+    if args.out is None:
+        p.error("--out is required")
+    t_start = time.time()
+    deadline = t_start + 60 * args.total_minutes
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="meg-sweep-"))
+    (work / "jobs").mkdir()
+    log_lines: list[str] = []
+
+    def log(msg: str) -> None:
+        line = f"[{time.time() - t_start:6.1f}s] {msg}"
+        print(line, flush=True)
+        log_lines.append(line)
+        (out / "sweep_log.txt").write_text("\n".join(log_lines) + "\n")
+
+    # Every process (a GPU worker drives its GPU from one CPU thread) gets a CPU of its own;
+    # one CPU is left to this process and the system. Toys take the CPUs the GPU workers
+    # do not hold (all of them once no GPU job is left), or --cpu-workers when given.
+    ncpu = usable_cpus()
+    total_slots = max(2, ncpu - 1)
+    n_gpu_jobs = sum(j["pool"] == "gpu" for j in jobs)
+    cpu_workers = args.cpu_workers or max(1, total_slots - min(args.gpu_workers, n_gpu_jobs))
+    sweep: dict[str, Any] = {
+        "command": "PYTHONPATH=. MEG_DATA_DIR=... python3 bench/sweep_gpu.py " + " ".join(sys.argv[1:]),
+        "args": vars(args), "machine": machine(), "jobs": jobs, "results": {},
+        "gpu_workers": args.gpu_workers, "cpu_workers": cpu_workers,
+    }
+    results: dict[str, dict[str, Any]] = sweep["results"]
+
+    grids: dict[str, str] = {}
+
+    def save(final: bool = False) -> None:
+        sweep["wall_seconds"] = round(time.time() - t_start, 1)
+        sweep["summary"] = summarise(results, jobs)
+        sweep["finished"] = final
+        # Sample grids (base64 PNG) go to their own file, so sweep.json stays small.
+        for k, r in results.items():
+            if "sample_grid_png_b64" in r:
+                grids[k] = r.pop("sample_grid_png_b64")
+        for name, obj in (("sweep.json", sweep), ("sweep_grids.json", grids)):
+            tmp = out / (name + ".tmp")
+            tmp.write_text(json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=1))
+            tmp.replace(out / name)
+
+    log(f"{len(jobs)} jobs; device {args.device}; machine {sweep['machine']}; "
+        f"gpu workers {args.gpu_workers}, cpu workers {cpu_workers}, work dir {work}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    pending = list(jobs)
+    running: dict[str, tuple[subprocess.Popen, float, dict[str, Any], Any]] = {}
+    classifiers_ready = not any(j["task"] == "stacked" for j in jobs)
+
+    def expected_s(job: dict[str, Any]) -> float:
+        """How long a job will likely take: the median of finished runs of its kind (x1.15),
+        else a guess; never more than its cap."""
+        kind = job["task"] if job["task"] == "stacked" else job["dataset"]
+        took = sorted(r["process_seconds"] for k, r in results.items()
+                      if r.get("status") == "ok" and r.get("kind") == kind)
+        guess = 1.15 * took[len(took) // 2] if took else args.guess_s.get(kind, job["cap_s"] * 0.6)
+        return min(guess, job["cap_s"])
+
+    def start(job: dict[str, Any]) -> None:
+        spec = {**job, "work": str(work), "result": str(work / "jobs" / (job["id"].replace("/", "_") + ".json"))}
+        # Training ends by 80% of the cap, and early enough to be scored before the deadline
+        # (a run cut short records the steps it reached: budget_complete false).
+        spec["train_cap_s"] = round(max(5.0, min(0.8 * job["cap_s"], deadline - time.time() - 45)), 1)
+        jp = work / "jobs" / (job["id"].replace("/", "_") + ".job.json")
+        jp.write_text(json.dumps(spec))
+        logf = open(work / "jobs" / (job["id"].replace("/", "_") + ".log"), "w")  # noqa: SIM115 (closed in finish)
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(jp)],
+                                cwd=str(ROOT), env=env, stdout=logf, stderr=subprocess.STDOUT)
+        running[job["id"]] = (proc, time.time(), spec, logf)
+
+    def finish(job_id: str, status: str | None = None) -> None:
+        proc, t0, spec, logf = running.pop(job_id)
+        logf.close()
+        rp = Path(spec["result"])
+        if status is None and rp.is_file():
+            r = json.loads(rp.read_text())
+        else:
+            r = {"status": status or f"no result (exit code {proc.returncode})"}
+        r["process_seconds"] = round(time.time() - t0, 1)
+        r["kind"] = spec["task"] if spec["task"] == "stacked" else spec["dataset"]
+        r["started_at_s"] = round(t0 - t_start, 1)
+        if r.get("status") != "ok":
+            logp = Path(str(rp).removesuffix(".json") + ".log")
+            r["log_tail"] = logp.read_text()[-2000:] if logp.is_file() else ""
+        results[job_id] = r
+        brief = {k: r.get(k) for k in ("modes_covered", "kl_modes_uniform", "high_quality_fraction", "steps")
+                 if k in r}
+        log(f"done {job_id}: {r.get('status')} in {r['process_seconds']}s {brief}")
+        save()
+
+    def start_toys_first() -> None:
+        # Toys need no classifier: they use the CPUs while the classifiers train.
+        for job in [j for j in pending if j["pool"] == "cpu"][:cpu_workers]:
+            pending.remove(job)
+            start(job)
+
+    def on_term(signum: int, _frame: Any) -> None:
+        for job_id in list(running):
+            running[job_id][0].kill()
+            finish(job_id, f"killed: the sweep got signal {signum}")
+        for job in pending:
+            results[job["id"]] = {"status": f"not started: the sweep got signal {signum}"}
+        save(final=True)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    start_toys_first()
+    if not classifiers_ready:
+        try:
+            sweep["classifiers"] = train_classifiers(args, work, log)
+        except Exception as e:  # the toys still run
+            import traceback
+
+            log(f"classifiers failed, no StackedMNIST runs: {type(e).__name__}: {e}\n"
+                f"{traceback.format_exc()[-2000:]}")
+            for job in [j for j in pending if j["task"] == "stacked"]:
+                pending.remove(job)
+                results[job["id"]] = {"status": f"not started: classifiers failed ({e})"}
+        classifiers_ready = True
+        save()
+    adaptive_done = args.adaptive <= 0
+    while pending or running:
+        now = time.time()
+        if not adaptive_done:
+            extra = adaptive_seeds(args, jobs, results, pending, args.adaptive)
+            if extra or not any(j["task"] == "stacked" and j["config"] not in STACKED_SEEDED
+                                for j in pending + [r[2] for r in running.values()]):
+                adaptive_done = True
+                # Only when one such run is likely to finish: the slowest StackedMNIST run so
+                # far, plus a margin, against the time left.
+                took = sorted(r.get("process_seconds", 0.0) for k, r in results.items()
+                              if k.startswith("stacked/") and r.get("status") == "ok")
+                if extra and took and now + 1.2 * took[len(took) // 2] < deadline - 30:
+                    jobs.extend(extra)
+                    pending[:0] = extra
+                    log(f"adaptive seeds: {', '.join(j['id'] for j in extra)}")
+                elif extra:
+                    log("adaptive seeds skipped: too little time left")
+        for job_id in list(running):
+            proc, t0, spec, _ = running[job_id]
+            if proc.poll() is not None:
+                finish(job_id)
+            elif now - t0 > spec["cap_s"] + 45 or now > deadline:
+                proc.kill()
+                proc.wait()
+                finish(job_id, "killed: over its wall-clock cap" if now <= deadline
+                       else "killed: the sweep's deadline")
+        n_gpu = sum(1 for _, _, s, _ in running.values() if s["pool"] == "gpu")
+        n_all = len(running)
+        for job in list(pending):
+            if now > deadline - 30:
+                break
+            gpu_left = any(j["pool"] == "gpu" for j in pending)
+            if job["pool"] == "gpu":
+                if n_gpu >= args.gpu_workers or n_all >= max(total_slots, args.gpu_workers):
+                    continue
+            else:
+                cap = (args.cpu_workers or cpu_workers) if (args.cpu_workers or gpu_left) else total_slots
+                if n_all - n_gpu >= cap or n_all >= max(total_slots, args.gpu_workers):
+                    continue
+            # A run that cannot finish its budget before the deadline still starts when at
+            # least 40% of its cap is left: it stops early and records the steps it reached.
+            if now + expected_s(job) > deadline - 15:
+                continue
+            pending.remove(job)
+            start(job)
+            n_all += 1
+            n_gpu += job["pool"] == "gpu"
+        if not running and pending and time.time() > deadline - 30:
+            break
+        if not running and pending and all(time.time() + expected_s(j) > deadline - 15 for j in pending):
+            break
+        time.sleep(0.5)
+    for job in pending:
+        results[job["id"]] = {"status": "not started: the sweep's deadline"}
+    log(f"all runs finished or stopped; {sum(r.get('status') == 'ok' for r in results.values())} ok "
+        f"of {len(jobs)}")
+    save(final=True)
+    try:
+        plot_curves(out / "sweep_curves.png", results, jobs)
+        plot_samples(out / "sweep_samples.png", results, jobs, grids)
+    except Exception as e:  # the JSON is what matters
+        log(f"plotting failed: {type(e).__name__}: {e}")
+    for key, agg in sweep["summary"].items():
+        parts = [f"{k} {v['mean']:.4g}" + (f"±{v['std']:.2g}" if v.get("std") is not None else "")
+                 for k, v in agg.items() if isinstance(v, dict) and "mean" in v]
+        log(f"{key} (n={agg['n_seeds']}): " + ", ".join(parts))
+    log(f"wrote {out} in {time.time() - t_start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
