@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from svc_helpers import metric_value
@@ -216,8 +217,12 @@ def test_metrics_move_with_traffic(client: TestClient) -> None:
                  backend="onnxruntime") >= 1
     assert delta("meg_inference_duration_seconds_count", model="toy", op="mala",
                  backend="torch") == 1
-    assert metric_value(after, "meg_model_info", model="digits", provider="CPUExecutionProvider",
-                        device="cpu") == 1
+    # The labels say where the model runs: ONNX Runtime's provider and torch's device
+    # (cuda on a GPU machine).
+    digits = client.app.state.engine.registry.models["digits"]  # type: ignore[attr-defined]
+    assert metric_value(after, "meg_model_info", model="digits", provider=digits.providers[0],
+                        device=digits.device) == 1
+    assert digits.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert "meg_requests_in_flight" in after and "meg_queue_depth" in after
 
 
