@@ -93,3 +93,92 @@ def test_summary_aggregates_ok_runs_per_config() -> None:
     s = sweep.summarise(results, jobs)["stacked/wgan_gp"]
     assert s["n_seeds"] == 1 and s["modes_covered"]["mean"] == 900 and s["modes_covered"]["std"] is None
     assert not math.isnan(s["kl_modes_uniform"]["mean"])
+
+
+def test_seeded_names_the_configs_run_with_every_seed() -> None:
+    jobs = sweep.plan(args(only="stacked", seeded="meg_lr1e-3_w0,wgan_gp_lr1e-3"))
+    for config in ("meg_lr1e-3_w0", "wgan_gp_lr1e-3"):
+        assert {j["seed"] for j in jobs if j["config"] == config} == {0, 1, 2}
+    assert {j["seed"] for j in jobs if j["config"] == "meg_docs"} == {0}
+
+
+# ----------------------------------------------------------------------------- --render
+
+
+def _fake_sweep(modes: dict[str, list[int]], kl: dict[str, float]) -> dict:
+    """A sweep.json as the sweep writes it, for the configs in `modes` (one seed a value)."""
+    a = args(only="stacked")
+    jobs, results = [], {}
+    for config, per_seed in modes.items():
+        for seed, m in enumerate(per_seed):
+            job = sweep.stacked_job(a, config, seed)
+            method, sets, gp = sweep.STACKED_CONFIGS[config]
+            train = {"lr": 2e-4, "entropy_weight": 1.0, "gp_weight": 100.0}
+            for o in sets:
+                k, v = o.split("=", 1)
+                if k.removeprefix("train.") in train:
+                    train[k.removeprefix("train.")] = float(v)
+            jobs.append(job)
+            hist = [{"step": 25, "mi_bound_nats": 0.5, "encoder_mse": 63.0},
+                    {"step": 2000, "mi_bound_nats": 90.0, "encoder_mse": 3.0}] if method == "meg" else []
+            results[job["id"]] = {**_result(m, kl[config]), "modes_covered_10": m // 2, "steps": 2000,
+                                  "train_seconds": 60.0, "history": hist, "settings": {"train": train}}
+    return {"jobs": jobs, "results": results, "summary": sweep.summarise(results, jobs),
+            "machine": {"gpu": "GPU", "cpu_count": 16, "python": "3", "torch": "2", "date": "today"},
+            "gpu_workers": 12, "wall_seconds": 60.0, "command": "python3 bench/sweep_gpu.py ...",
+            "args": {"triples": 30000, "samples": 26000, "seeds": [0, 1, 2]}}
+
+
+def test_render_states_the_goal_from_the_three_seed_rows() -> None:
+    lose = _fake_sweep({"wgan_gp_lr1e-3": [990, 985, 980], "meg_lr1e-3_w0.03": [950, 940, 960],
+                        "meg_lr1e-3_w0": [975, 970, 980], "meg_lr2e-3": [999]},
+                       {"wgan_gp_lr1e-3": 0.3, "meg_lr1e-3_w0.03": 0.6, "meg_lr1e-3_w0": 0.4, "meg_lr2e-3": 0.1})
+    md = sweep.render_stacked([("round 1", lose)], [], None)
+    assert "not met" in md and "950 ± 10" in md and "985 ± 5" in md
+    # the one-seed row with more modes does not decide the goal, but it has its row
+    assert "| round 1 | `meg_lr2e-3` |" in md and "1 (999)" in md
+    assert "entropy term off (`meg_lr1e-3_w0`, weight 0: 975 ± 5" in md
+    win = _fake_sweep({"wgan_gp_lr1e-3": [900, 910, 920], "meg_lr1e-3_w0.03": [960, 970, 980]},
+                      {"wgan_gp_lr1e-3": 0.9, "meg_lr1e-3_w0.03": 0.5})
+    assert "): met.**" in sweep.render_stacked([("round 1", win)], [], None)
+    # level on modes but a higher KL: not met
+    level = _fake_sweep({"wgan_gp_lr1e-3": [960, 970, 980], "meg_lr1e-3_w0.03": [960, 970, 980]},
+                        {"wgan_gp_lr1e-3": 0.5, "meg_lr1e-3_w0.03": 0.6})
+    assert "not met" in sweep.render_stacked([("round 1", level)], [], None)
+
+
+def test_rows_show_only_the_overrides_beyond_the_base_and_the_curves_ends() -> None:
+    sw = _fake_sweep({"meg_lr1e-3_w0.03": [950], "wgan_gp_lr1e-3": [990]},
+                     {"meg_lr1e-3_w0.03": 0.6, "wgan_gp_lr1e-3": 0.3})
+    rows = {r["config"]: r for r in sweep.stacked_rows(sw, "round 1")}
+    assert rows["meg_lr1e-3_w0.03"]["overrides"] == ["train.entropy_weight=0.03", "train.lr=1e-3"]
+    assert rows["wgan_gp_lr1e-3"]["entropy_weight"] is None and rows["wgan_gp_lr1e-3"]["penalty"] == 10.0
+    assert rows["meg_lr1e-3_w0.03"]["agg"]["final_mi_bound_nats"] == 90.0
+    ws = sweep.weight_sweep(list(rows.values()))
+    assert ws == {1e-3: [(0.03, "950 (1 seed)")]}
+
+
+def test_cpu_rows_group_seeds_by_tag(tmp_path: Path) -> None:
+    for seed, modes in enumerate([940, 960]):
+        d = {"args": {"tag": "cpu_meg_lr1e-3_w0.03", "seed": seed, "only": "meg", "gp_weight": 10.0},
+             "command": "bench/stacked_mnist.py ...", "machine": {"date": f"d{seed}"},
+             "settings": {"train": {"lr": 1e-3, "entropy_weight": 0.03, "gp_weight": 100.0}},
+             "results": {"meg": {"modes_covered": modes, "modes_covered_10": 500, "kl_modes_uniform": 0.6,
+                                 "steps": 2000, "train_seconds": 300.0, "train_cpu_seconds": 290.0}}}
+        (tmp_path / f"stacked_mnist_cpu_meg_s{seed}.json").write_text(json.dumps(d))
+    (row,) = sweep.cpu_rows(sorted(tmp_path.glob("*.json")))
+    assert row["config"] == "meg_lr1e-3_w0.03" and row["modes_each"] == [940, 960]
+    assert row["agg"]["modes_covered"]["mean"] == 950 and row["train_cpu_min"] == [290.0 / 60] * 2
+
+
+def test_stored_rounds_render_their_summaries() -> None:
+    root = Path(__file__).resolve().parents[2] / "bench" / "results"
+    paths = sorted(root.glob("sweep_gpu_round*.json"))
+    if not paths:
+        pytest.skip("no stored sweep results")
+    md = sweep.render_main(paths, "no-such-dir/*.json", write=False)
+    for path in paths:
+        for key, agg in json.loads(path.read_text())["summary"].items():
+            if key.startswith("stacked/"):
+                assert f"`{key.split('/', 1)[1]}`" in md
+                assert sweep._pm(agg, "modes_covered", ".0f") in md
