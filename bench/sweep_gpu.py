@@ -784,11 +784,12 @@ def render_stacked(sweeps: list[tuple[str, dict[str, Any]]], cpu: list[dict[str,
                 ", ".join(f"{m:.1f}" for m in r["train_cpu_min"])]) + " |")
         md.append("")
     if old_cpu is not None:
-        res = old_cpu["results"]
-        md += [f"Earlier CPU run at the old lr 2e-4 (weight 0.1; `{old_cpu['command']}`, "
-               f"{old_cpu['machine']['date']}): MEG {res['meg']['modes_covered']}, WGAN-GP "
-               f"{res['wgan_gp']['modes_covered']} modes (`bench/results/stacked_mnist.json`). "
-               "`bench/stacked_mnist.py`'s default lr is now 1e-3.", ""]
+        res, t = old_cpu["results"], old_cpu["settings"]["train"]
+        md += [f"The last run of both models in one CPU process (`{old_cpu['command']}`, "
+               f"{old_cpu['machine']['date']}; lr {t['lr']:g}, entropy weight {t['entropy_weight']:g}): "
+               f"MEG {res['meg']['modes_covered']}, WGAN-GP {res['wgan_gp']['modes_covered']} modes, "
+               f"one seed (`bench/results/stacked_mnist.json`). `bench/stacked_mnist.py`'s default lr "
+               "is now 1e-3 (it was 2e-4).", ""]
     # The MI curve: from the last round with MEG rows both with and without the entropy term.
     name, sw = sweeps[-1]
     curves = {}
