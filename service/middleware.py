@@ -165,6 +165,7 @@ class DirectRoute(KeyedRoute):
             if not (isinstance(hint, type) and issubclass(hint, BaseModel)):
                 raise TypeError(f"{endpoint.__name__}: answers_directly needs `body: Model`")
             self.body_model = hint
+        self.direct = self.body_model is not None  # whether the middleware calls `answer`
 
     async def answer(self, scope: Scope, body: bytes) -> Response | None:
         """The endpoint's response, or None when FastAPI should handle the request."""
@@ -389,7 +390,7 @@ class RequestMiddleware:
                     return await receive()
 
                 route = found.route if found.full else None
-                if isinstance(route, DirectRoute) and route.body_model is not None:
+                if isinstance(route, DirectRoute) and route.direct:
                     response = await route.answer(scope, body)
                     if response is not None:
                         await response(scope, replay, send_wrapper)

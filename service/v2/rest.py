@@ -28,11 +28,14 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.routing import Match
+from starlette.types import Message, Scope
 
 from service.auth import guards_api_key, require_api_key
 from service.engine import Engine
 from service.engine.errors import EngineError
 from service.errors import ENGINE_STATUS
+from service.middleware import DirectRoute
 from service.v2 import core
 from service.v2.core import DATATYPES, InferResult, Tensor, V2Model
 
@@ -83,9 +86,37 @@ def _model(request: Request, name: str, version: str = "") -> V2Model:
     return model
 
 
+class InferRoute(DirectRoute):
+    """The infer routes, answered by the request middleware itself once it has checked
+    the key, size and media type and read the body (service/middleware.py DirectRoute):
+    the same endpoint, without FastAPI's routing and dependency layers per request."""
+
+    def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        self.direct = True
+
+    async def answer(self, scope: Scope, body: bytes) -> Response | None:
+        match, child = self.matches(scope)
+        if match is not Match.FULL:
+            return None
+        scope.update(child)
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            response: Response = await self.endpoint(Request(scope, receive),
+                                                     **child["path_params"])
+        except V2Error as e:
+            return _error_response(e)
+        return response
+
+
 probes = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"],
                    dependencies=[Depends(_v2_api_key)])
+infer = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"],
+                  dependencies=[Depends(_v2_api_key)], route_class=InferRoute)
 
 
 @probes.get("/health/live", summary="V2 server liveness")
@@ -120,8 +151,8 @@ async def model_ready(request: Request, name: str, version: str = "") -> dict[st
     return {"name": model.name, "ready": True}
 
 
-@router.post("/models/{name}/infer", summary="V2 inference")
-@router.post("/models/{name}/versions/{version}/infer", summary="V2 inference (a version)")
+@infer.post("/models/{name}/infer", summary="V2 inference")
+@infer.post("/models/{name}/versions/{version}/infer", summary="V2 inference (a version)")
 async def model_infer(request: Request, name: str, version: str = "") -> Response:
     """Inference on JSON tensors or binary ones (binary tensor data extension)."""
     model = _model(request, name, version)
@@ -309,8 +340,12 @@ def _infer_response(result: InferResult, req: dict[str, Any],
                     headers={HEADER_LENGTH: str(len(header))})
 
 
-async def _v2_error_handler(request: Request, exc: V2Error) -> JSONResponse:
+def _error_response(exc: V2Error) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+
+async def _v2_error_handler(request: Request, exc: V2Error) -> JSONResponse:
+    return _error_response(exc)
 
 
 def install(app: FastAPI) -> None:
@@ -318,3 +353,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(V2Error, _v2_error_handler)  # type: ignore[arg-type]
     app.include_router(probes)
     app.include_router(router)
+    app.include_router(infer)

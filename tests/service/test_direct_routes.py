@@ -4,6 +4,7 @@ still answered by FastAPI, so errors read as before."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,7 +24,7 @@ def pair(make_settings: Callable[..., Settings]) -> Iterator[tuple[TestClient, T
     plain = create_app(make_settings())
     for route in plain.router.routes:
         if isinstance(route, DirectRoute):
-            route.body_model = None
+            route.direct = False
     with TestClient(direct) as a, TestClient(plain) as b:
         yield a, b
 
@@ -47,6 +48,48 @@ CASES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
     ("/sample", {"model": "toy", "n": 0}, {}),
     ("/encode", {"model": "events", "records": [{"bytes": "x", "duration": 1.5, "protocol": "tcp"}]}, {}),
 ]
+
+
+def _v2_binary(x: list[list[float]]) -> tuple[bytes, dict[str, str]]:
+    import numpy as np
+
+    raw = np.asarray(x, dtype="<f4").tobytes()
+    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [len(x), len(x[0])],
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header)),
+                          "content-type": "application/octet-stream"}
+
+
+def _v2_json(name: str, shape: list[int], data: list[float]) -> bytes:
+    return json.dumps({"inputs": [{"name": name, "datatype": "FP32", "shape": shape,
+                                   "data": data}]}).encode()
+
+
+V2_CASES: list[tuple[str, bytes, dict[str, str]]] = [
+    ("/v2/models/toy/infer", _v2_json("x", [2, 2], [0.1, 0.2, 0.3, 0.4]), {}),
+    ("/v2/models/toy/versions/1/infer", _v2_json("x", [1, 2], [0.1, 0.2]), {}),
+    ("/v2/models/toy.sample/infer", json.dumps({"inputs": [
+        {"name": "n", "datatype": "INT64", "shape": [1], "data": [3]},
+        {"name": "seed", "datatype": "INT64", "shape": [1], "data": [5]}]}).encode(), {}),
+    ("/v2/models/toy/infer", *_v2_binary([[0.5, 0.25], [1.0, -1.0]])),
+    # errors in the V2 shape: bad tensor, unknown model, bad JSON
+    ("/v2/models/toy/infer", _v2_json("x", [1, 3], [0.1, 0.2]), {}),
+    ("/v2/models/nope/infer", _v2_json("x", [1, 2], [0.1, 0.2]), {}),
+    ("/v2/models/toy/infer", b"{not json", {}),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "headers"), V2_CASES)
+def test_direct_v2_answer_equals_fastapis(pair, path: str, body: bytes,
+                                          headers: dict[str, str]) -> None:
+    direct, plain = pair
+    headers = {"content-type": "application/json", **headers}
+    a = direct.post(path, content=body, headers=headers)
+    b = plain.post(path, content=body, headers=headers)
+    assert a.status_code == b.status_code, (a.text, b.text)
+    assert a.content == b.content
+    assert _strip(a.headers) == _strip(b.headers)
 
 
 @pytest.mark.parametrize(("path", "body", "headers"), CASES)
@@ -103,3 +146,21 @@ def test_direct_route_needs_a_typed_body() -> None:
 
     with pytest.raises(TypeError, match="body: Model"):
         DirectRoute("/x", endpoint, methods=["POST"])
+
+
+def test_v2_infer_is_answered_directly(pair, monkeypatch) -> None:
+    from service.v2.rest import InferRoute
+
+    direct, _ = pair
+    answered: list[bool] = []
+    original = InferRoute.answer
+
+    async def spy(self: InferRoute, scope: Any, body: bytes) -> Any:
+        out = await original(self, scope, body)
+        answered.append(out is not None)
+        return out
+
+    monkeypatch.setattr(InferRoute, "answer", spy)
+    r = direct.post("/v2/models/toy/infer", content=_v2_json("x", [1, 2], [0.1, 0.2]),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200 and answered == [True]
