@@ -47,7 +47,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy service training
+	$(VENV)/bin/mypy meg service training
 
 bench: install train-default
 	$(PIP) install -q -e ".[$(ORT_EXTRA),train,bench]"
