@@ -161,7 +161,7 @@ def test_rows_show_only_the_overrides_beyond_the_base_and_the_curves_ends() -> N
 def test_cpu_rows_group_seeds_by_tag(tmp_path: Path) -> None:
     for seed, modes in enumerate([940, 960]):
         d = {"args": {"tag": "cpu_meg_lr1e-3_w0.03", "seed": seed, "only": "meg", "gp_weight": 10.0},
-             "command": "bench/stacked_mnist.py ...", "machine": {"date": f"d{seed}"},
+             "command": "bench/stacked_mnist.py ...", "machine": {"date": f"d{seed}", "cpu": "CPU", "cpu_count": 2, "torch": "2"},
              "settings": {"train": {"lr": 1e-3, "entropy_weight": 0.03, "gp_weight": 100.0}},
              "results": {"meg": {"modes_covered": modes, "modes_covered_10": 500, "kl_modes_uniform": 0.6,
                                  "steps": 2000, "train_seconds": 300.0, "train_cpu_seconds": 290.0}}}
@@ -169,6 +169,9 @@ def test_cpu_rows_group_seeds_by_tag(tmp_path: Path) -> None:
     (row,) = sweep.cpu_rows(sorted(tmp_path.glob("*.json")))
     assert row["config"] == "meg_lr1e-3_w0.03" and row["modes_each"] == [940, 960]
     assert row["agg"]["modes_covered"]["mean"] == 950 and row["train_cpu_min"] == [290.0 / 60] * 2
+    md = sweep.render_stacked([("round 1", _fake_sweep({"wgan_gp": [900]}, {"wgan_gp": 1.0}))], [row], None)
+    assert "| `meg_lr1e-3_w0.03` | MEG (entropy weight 0.03, λ 100) | 0.001 | 950 ± 14 |" in md
+    assert "≤ 4.8 CPU-minutes (within the issue's 15)" in md
 
 
 def test_stored_rounds_render_their_summaries() -> None:
