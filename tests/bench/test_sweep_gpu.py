@@ -161,7 +161,7 @@ def test_rows_show_only_the_overrides_beyond_the_base_and_the_curves_ends() -> N
 def test_cpu_rows_group_seeds_by_tag(tmp_path: Path) -> None:
     for seed, modes in enumerate([940, 960]):
         d = {"args": {"tag": "cpu_meg_lr1e-3_w0.03", "seed": seed, "only": "meg", "gp_weight": 10.0},
-             "command": "bench/stacked_mnist.py ...", "machine": {"date": f"d{seed}", "cpu": "CPU", "cpu_count": 2, "torch": "2"},
+             "command": "bench/stacked_mnist.py ...", "cpu_seconds": 320.0, "machine": {"date": f"d{seed}", "cpu": "CPU", "cpu_count": 2, "torch": "2"},
              "settings": {"train": {"lr": 1e-3, "entropy_weight": 0.03, "gp_weight": 100.0}},
              "results": {"meg": {"modes_covered": modes, "modes_covered_10": 500, "kl_modes_uniform": 0.6,
                                  "steps": 2000, "train_seconds": 300.0, "train_cpu_seconds": 290.0}}}
