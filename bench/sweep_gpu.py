@@ -763,7 +763,7 @@ def render_stacked(sweeps: list[tuple[str, dict[str, Any]]], cpu: list[dict[str,
         c0 = cpu[0]["machine"]
         md += ["### Equal CPU budget (this repo's 2-core machine)", "",
                f"Machine: {c0['cpu']} ({c0['cpu_count']} cores), no GPU; torch {c0['torch']}; "
-               f"{min(d for r in cpu for d in r['dates'])} to {max(d for r in cpu for d in r['dates'])}. "
+               f"runs started {min(d for r in cpu for d in r['dates'])} to {max(d for r in cpu for d in r['dates'])}. "
                "One torch thread per run, `OMP_NUM_THREADS=1`, two runs at a time on the 2 cores "
                "(shared with other jobs). The issue's budget is ≤ 15 CPU-minutes a model; the same "
                "2000 steps as on the GPU. Commands (the seed by `--seed`; run with `OMP_NUM_THREADS=1`):", ""]
