@@ -103,17 +103,23 @@ def test_direct_answer_equals_fastapis(pair, path: str, body: dict[str, Any],
     assert _strip(a.headers) == _strip(b.headers)
 
 
-def test_direct_path_is_taken_only_for_valid_bodies(pair, monkeypatch) -> None:
-    direct, _ = pair
+def _spy_answers(monkeypatch: pytest.MonkeyPatch, cls: type[DirectRoute]) -> list[bool]:
+    """Whether each call of `cls.answer` answered (True) or left the request to FastAPI."""
     answered: list[bool] = []
-    original = DirectRoute.answer
+    original = cls.answer
 
     async def spy(self: DirectRoute, scope: Any, body: bytes) -> Any:
         out = await original(self, scope, body)
         answered.append(out is not None)
         return out
 
-    monkeypatch.setattr(DirectRoute, "answer", spy)
+    monkeypatch.setattr(cls, "answer", spy)
+    return answered
+
+
+def test_direct_path_is_taken_only_for_valid_bodies(pair, monkeypatch) -> None:
+    direct, _ = pair
+    answered = _spy_answers(monkeypatch, DirectRoute)
     assert direct.post("/energy", json={"model": "digits", "inputs": [[0.0] * 64]}).status_code == 200
     assert direct.post("/energy", content=b"{not json").status_code == 400
     assert direct.post("/energy", json={"model": "digits", "inputs": 3}).status_code == 422
@@ -152,15 +158,7 @@ def test_v2_infer_is_answered_directly(pair, monkeypatch) -> None:
     from service.v2.rest import InferRoute
 
     direct, _ = pair
-    answered: list[bool] = []
-    original = InferRoute.answer
-
-    async def spy(self: InferRoute, scope: Any, body: bytes) -> Any:
-        out = await original(self, scope, body)
-        answered.append(out is not None)
-        return out
-
-    monkeypatch.setattr(InferRoute, "answer", spy)
+    answered = _spy_answers(monkeypatch, InferRoute)
     r = direct.post("/v2/models/toy/infer", content=_v2_json("x", [1, 2], [0.1, 0.2]),
                     headers={"content-type": "application/json"})
     assert r.status_code == 200 and answered == [True]
