@@ -129,6 +129,9 @@ class AccessLog:
             h.release()
 
 
+access_log = AccessLog()  # one per process: the HTTP and gRPC front-ends share its buffer
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Route the service's and uvicorn's loggers to one JSON handler on stderr. Idempotent:
     calling it again (a second app in tests) replaces the handler instead of adding one."""

@@ -24,9 +24,9 @@ from meg.threads import auto_threads
 from service.api import api, probes
 from service.engine import Engine
 from service.errors import install_error_handlers
-from service.logs import setup_logging
+from service.logs import access_log, setup_logging
 from service.metrics import Metrics
-from service.middleware import RequestMiddleware, access_log
+from service.middleware import RequestMiddleware
 from service.settings import Settings, get_settings
 from service.v2 import rest as v2_rest
 from service.v2.grpc_server import GrpcFrontend

@@ -42,6 +42,12 @@ class Metrics:
             "meg_request_duration_seconds", "HTTP request latency", ["endpoint", "model"],
             buckets=_LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("meg_requests_in_flight", "HTTP requests being served", registry=r)
+        # gRPC (Open Inference Protocol) calls: method = the RPC's name, code = its status.
+        self.grpc_requests = Counter("meg_grpc_requests_total",
+                                     "gRPC calls by method, model and status code",
+                                     ["method", "model", "code"], registry=r)
+        self.grpc_duration = Histogram("meg_grpc_request_duration_seconds", "gRPC call latency",
+                                       ["method", "model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("meg_batch_size", "rows per inference call",
                                     ["model", "op"], buckets=_BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("meg_queue_depth", "requests waiting in the batch queue",

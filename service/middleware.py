@@ -36,11 +36,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.auth import KEY_CHECKED, check_api_key
 from service.engine.errors import EngineError
 from service.errors import engine_error_response, error_body
-from service.logs import AccessLog, clean_request_id, request_id_var
+from service.logs import access_log, clean_request_id, request_id_var
 from service.metrics import Metrics
 
 log = logging.getLogger("service.access")
-access_log = AccessLog(log.name)  # one per process: its lines share one buffer
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _QUIET_PATHS = {"/healthz", "/readyz", "/metrics"}  # probes and scrapes: access log at DEBUG

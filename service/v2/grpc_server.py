@@ -12,8 +12,10 @@ RPC but ServerLive and ServerReady needs the API key (metadata `x-api-key: KEY` 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,11 +31,15 @@ from service.engine.errors import (
     ModelNotFound,
     Unavailable,
 )
+from service.logs import access_log
 from service.v2 import core
 from service.v2.core import DATATYPES, Tensor
 from service.v2.descriptor import SERVICE, Messages
 
 log = logging.getLogger("service.v2.grpc")
+# The model a call resolved (each RPC runs in its own task): its metrics' `model` label.
+_call_model: contextvars.ContextVar[str] = contextvars.ContextVar("grpc_model", default="")
+access = access_log
 
 # The engine's domain errors as gRPC status codes: the one place this mapping lives.
 GRPC_STATUS: dict[type[EngineError], grpc.StatusCode] = {
@@ -165,15 +171,21 @@ class InferenceService:
         meta = core.server_metadata(self.version)
         return M.ServerMetadataResponse(**meta)
 
+    def _resolve(self, name: str, version: str) -> core.V2Model:
+        """The model, named in this call's metrics and access line."""
+        model = core.resolve(self.engine, name, version)
+        _call_model.set(model.bundle.name)
+        return model
+
     async def model_ready(self, request: Any, context: Any) -> Any:
         try:
-            core.resolve(self.engine, request.name, request.version)
+            self._resolve(request.name, request.version)
         except (ModelNotFound, InvalidInput):
             return M.ModelReadyResponse(ready=False)
         return M.ModelReadyResponse(ready=True)
 
     async def model_metadata(self, request: Any, context: Any) -> Any:
-        model = core.resolve(self.engine, request.name, request.version)
+        model = self._resolve(request.name, request.version)
         meta = model.metadata()
         return M.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -181,7 +193,7 @@ class InferenceService:
             outputs=[M.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]])
 
     async def model_infer(self, request: Any, context: Any) -> Any:
-        model = core.resolve(self.engine, request.model_name, request.model_version)
+        model = self._resolve(request.model_name, request.model_version)
         params = {k: _param_value(v) for k, v in request.parameters.items()}
         result = await core.infer(self.engine, model, decode_inputs(request), params)
         return encode_response(result, request)
@@ -209,19 +221,40 @@ class InferenceService:
 
     def _guarded(self, name: str, fn: Callable[[Any, Any], Awaitable[Any]],
                  needs_key: bool) -> Callable[[Any, Any], Awaitable[Any]]:
-        """`fn` with the API-key check and errors as gRPC status codes."""
+        """`fn` with the API-key check, errors as gRPC status codes, and the call counted
+        (meg_grpc_requests_total, meg_grpc_request_duration_seconds) and logged (one access
+        line, as HTTP requests get; the health RPCs at DEBUG, like /healthz)."""
+        metrics = self.engine.metrics
+        level = logging.DEBUG if name in ("ServerLive", "ServerReady") else logging.INFO
 
         async def call(request: Any, context: Any) -> Any:
-            if needs_key and not self._authorized(context):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API "
-                                    "key (metadata x-api-key: KEY or authorization: Bearer KEY)")
+            t0 = time.perf_counter()
+            code = grpc.StatusCode.OK
+            token = _call_model.set("")
             try:
-                return await fn(request, context)
-            except EngineError as e:
-                await context.abort(grpc_status(e), e.message)
-            except Exception:
-                log.exception("gRPC %s failed", name)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+                if needs_key and not self._authorized(context):
+                    code = grpc.StatusCode.UNAUTHENTICATED
+                    await context.abort(code, "missing or invalid API key (metadata "
+                                        "x-api-key: KEY or authorization: Bearer KEY)")
+                try:
+                    return await fn(request, context)
+                except EngineError as e:
+                    code = grpc_status(e)
+                    await context.abort(code, e.message)
+                except Exception:
+                    code = grpc.StatusCode.INTERNAL
+                    log.exception("gRPC %s failed", name)
+                    await context.abort(code, "internal server error")
+            finally:
+                seconds = time.perf_counter() - t0
+                model = _call_model.get()
+                _call_model.reset(token)
+                metrics.grpc_requests.labels(name, model, code.name).inc()
+                metrics.grpc_duration.labels(name, model).observe(seconds)
+                if access.logger.isEnabledFor(level):
+                    access.write(level, f"gRPC {name} {code.name}", method="gRPC", path=name,
+                                 status=code.value[0], duration_ms=round(seconds * 1000.0, 3),
+                                 model=model)
 
         return call
 

@@ -156,3 +156,37 @@ async def test_grpc_lives_and_dies_with_the_lifespan(toy_only: Path) -> None:
     off = create_app(Settings(models_dir=toy_only, log_level="WARNING"))
     async with off.router.lifespan_context(off):
         assert not hasattr(off.state, "grpc_port")
+
+
+def test_calls_are_counted_by_method_model_and_code(tc: tg.InferenceServerClient,
+                                                    live_server: LiveServer) -> None:
+    from svc_helpers import metric_value
+
+    def scrape() -> str:
+        r = live_server.native.get("/metrics")
+        r.raise_for_status()
+        return r.text
+
+    before = scrape()
+    _infer(tc, "digits", {"x": np.zeros((1, 64), dtype=np.float32)})
+    with pytest.raises(InferenceServerException):
+        _infer(tc, "digits", {"x": np.zeros((1, 5), dtype=np.float32)})
+    with pytest.raises(InferenceServerException):
+        _infer(tc, "nope", {"x": np.zeros((1, 64), dtype=np.float32)})
+    with pytest.raises(InferenceServerException):  # no key
+        tc.infer("digits", [tg.InferInput("x", [1, 64], "FP32").set_data_from_numpy(
+            np.zeros((1, 64), dtype=np.float32))])
+    after = scrape()
+
+    def delta(**labels: str) -> float:
+        return (metric_value(after, "meg_grpc_requests_total", method="ModelInfer", **labels)
+                - metric_value(before, "meg_grpc_requests_total", method="ModelInfer", **labels))
+
+    assert delta(model="digits", code="OK") == 1
+    assert delta(model="digits", code="INVALID_ARGUMENT") == 1
+    assert delta(model="", code="NOT_FOUND") == 1
+    assert delta(model="", code="UNAUTHENTICATED") == 1
+    assert (metric_value(after, "meg_grpc_request_duration_seconds_count", method="ModelInfer",
+                         model="digits")
+            - metric_value(before, "meg_grpc_request_duration_seconds_count",
+                           method="ModelInfer", model="digits")) == 2
