@@ -47,10 +47,14 @@ class JsonFormatter(logging.Formatter):
                 out[key] = getattr(record, key)
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)
-        try:  # orjson: the access log writes a line per request
-            return orjson.dumps(out, default=str).decode()
-        except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits
-            return json.dumps(out, default=str)
+        return _json_line(out)
+
+
+def _json_line(out: dict[str, object]) -> str:
+    try:  # orjson: the access log writes a line per request
+        return orjson.dumps(out, default=str).decode()
+    except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits
+        return json.dumps(out, default=str)
 
 
 class AccessLog:
@@ -65,7 +69,7 @@ class AccessLog:
     def __init__(self, name: str = "service.access", flush_s: float = 0.05):
         self.logger = logging.getLogger(name)
         self.flush_s = flush_s
-        self._lines: list[bytes] = []
+        self._lines: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handler: logging.StreamHandler[Any] | None = None
@@ -98,10 +102,7 @@ class AccessLog:
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "level": logging.getLevelName(level), "logger": self.logger.name,
             "message": message, "request_id": request_id_var.get(), **fields}
-        try:
-            self._lines.append(orjson.dumps(out, default=str))
-        except (TypeError, orjson.JSONEncodeError):
-            self._lines.append(json.dumps(out, default=str).encode())
+        self._lines.append(_json_line(out))
         self._handler = handler
         if self._timer is not None and self._loop is not loop:
             self.flush()  # lines left by a loop that is gone (a test's app, say)
@@ -118,7 +119,7 @@ class AccessLog:
         h = self._handler
         if not lines or h is None:
             return
-        text = b"\n".join(lines).decode() + "\n"
+        text = "\n".join(lines) + "\n"
         h.acquire()
         try:
             h.stream.write(text)

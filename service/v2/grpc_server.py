@@ -39,7 +39,6 @@ from service.v2.descriptor import SERVICE, Messages
 log = logging.getLogger("service.v2.grpc")
 # The model a call resolved (each RPC runs in its own task): its metrics' `model` label.
 _call_model: contextvars.ContextVar[str] = contextvars.ContextVar("grpc_model", default="")
-access = access_log
 
 # The engine's domain errors as gRPC status codes: the one place this mapping lives.
 GRPC_STATUS: dict[type[EngineError], grpc.StatusCode] = {
@@ -251,8 +250,8 @@ class InferenceService:
                 _call_model.reset(token)
                 metrics.grpc_requests.labels(name, model, code.name).inc()
                 metrics.grpc_duration.labels(name, model).observe(seconds)
-                if access.logger.isEnabledFor(level):
-                    access.write(level, f"gRPC {name} {code.name}", method="gRPC", path=name,
+                if access_log.logger.isEnabledFor(level):
+                    access_log.write(level, f"gRPC {name} {code.name}", method="gRPC", path=name,
                                  status=code.value[0], duration_ms=round(seconds * 1000.0, 3),
                                  model=model)
 

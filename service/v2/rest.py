@@ -34,7 +34,7 @@ from starlette.types import Message, Scope
 from service.auth import guards_api_key, require_api_key
 from service.engine import Engine
 from service.engine.errors import EngineError
-from service.errors import ENGINE_STATUS
+from service.errors import engine_status
 from service.middleware import DirectRoute
 from service.v2 import core
 from service.v2.core import DATATYPES, InferResult, Tensor, V2Model
@@ -55,7 +55,7 @@ class V2Error(Exception):
 def v2_status(exc: EngineError) -> int:
     """HTTP status of an engine error under V2: the native mapping, except that the
     protocol answers every bad request with 400 (the native API says 422)."""
-    status = next((s for cls, s in ENGINE_STATUS.items() if isinstance(exc, cls)), 500)
+    status = engine_status(exc)
     return 400 if status == 422 else status
 
 
