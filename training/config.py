@@ -56,9 +56,16 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | linear (decay to 0 at the last step)
     beta1: float = 0.5
     beta2: float = 0.9
-    gp_weight: float = 0.1  # λ of the zero-centred gradient penalty on real data
+    gp_weight: float = 0.1  # λ of the zero-centred gradient penalty
+    # Where the zero-centred penalty is taken: "data" (the paper's: real rows) or
+    # "interpolates" (random points between real rows and samples, Thanh-Tung et al. 2019)
+    gp_on: str = "data"
     entropy: str = "encoder"  # encoder | jsd
     entropy_weight: float = 1.0
+    # Std of Gaussian noise added to G(z) before the MI estimator reads it (0: none). The
+    # bound is then on I(G(z) + noise; z): information about z hidden in changes smaller
+    # than the noise no longer counts as entropy.
+    entropy_noise: float = 0.0
     mcmc_steps: int = 0  # latent MALA steps for the negative phase (0: off)
     mcmc_step_size: float = 0.01
     mcmc_temperature: float = 1.0

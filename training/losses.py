@@ -16,12 +16,21 @@ def energy_gap(e_real: torch.Tensor, e_fake: torch.Tensor) -> torch.Tensor:
 def gradient_penalty(
     energy: Callable[[torch.Tensor], torch.Tensor], x_real: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-centred gradient penalty mean ‖∇ₓE(x_real)‖², kept in the graph so that it
-    trains E. Returns (penalty, E(x_real)) so the energy step needs one forward pass."""
+    """Zero-centred gradient penalty mean ‖∇ₓE(x)‖² at the rows `x_real` (real data, or
+    `interpolates`), kept in the graph so that it trains E. Returns (penalty, E(x_real)) so
+    the energy step on data needs one forward pass."""
     x = x_real.detach().requires_grad_(True)
     e = energy(x)  # (B,)
     (g,) = torch.autograd.grad(e.sum(), x, create_graph=True)
     return g.pow(2).sum(dim=1).mean(), e
+
+
+def interpolates(x_real: torch.Tensor, x_fake: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """One random point on each segment between a real row and a sample: εx + (1−ε)G(z),
+    ε ~ U(0, 1) per row (where WGAN-GP and the zero-centred 0-GP take their penalty)."""
+    shape = (x_real.shape[0],) + (1,) * (x_real.dim() - 1)
+    eps = torch.rand(shape, device=x_real.device, generator=rng)  # (B, 1, ...)
+    return eps * x_real.detach() + (1.0 - eps) * x_fake.detach()
 
 
 def energy_loss(

@@ -192,6 +192,9 @@ def config_differences(saved: dict[str, Any], requested: dict[str, Any]) -> list
     """`section.key: saved -> requested` for every value that differs, RESUMABLE_KEYS and
     the run's name aside."""
     a, b = _flatten(saved), _flatten(requested)
+    # A key added since the checkpoint was saved reads as its default there.
+    defaults = _flatten(RecipeConfig(name="").to_dict())
+    a |= {k: defaults[k] for k in b.keys() - a.keys() if k in defaults}
     return [
         f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
         for k in sorted(set(a) | set(b))
@@ -215,6 +218,7 @@ def _same_on_every_rank(value: Any, d: Dist) -> Any:
 # --------------------------------------------------------------------------- checkpoint selection
 
 SELECT_CRITERIA = ("swap_auroc", "sample_gap", "val_fit")
+GP_ON = ("data", "interpolates")  # where the zero-centred penalty is taken (train.gp_on)
 PROBE_ROWS = 2048  # rows (and samples) a selection check scores: cheap next to a step's work
 SWAP_FRACTION = 0.25  # share of a held-out row's features taken from another held-out row
 
@@ -365,6 +369,10 @@ def train(
         raise ValueError(f"--out {out}: the directory name is the model name; use letters, digits, _ . -")
     if tc.select not in (*SELECT_CRITERIA, "last"):
         raise ValueError(f"train.select {tc.select!r}: use {', '.join(SELECT_CRITERIA)} or last")
+    if tc.gp_on not in GP_ON:
+        raise ValueError(f"train.gp_on {tc.gp_on!r}: use {' or '.join(GP_ON)}")
+    if tc.entropy_noise < 0:
+        raise ValueError(f"train.entropy_noise {tc.entropy_noise!r}: a noise std is >= 0")
     select_every = tc.select_every if tc.select_every > 0 else max(1, tc.steps // 20)
     # The run directory is settled before the data loads: a refusal should not wait for it.
     run_name = Path(out).name if out is not None else cfg.name
@@ -488,7 +496,12 @@ def train(
         for _ in range(tc.n_critic):
             x_real = batch()
             x_fake = negatives(tc.batch_size)
-            penalty, e_real = losses.gradient_penalty(meg.energy, x_real)
+            if tc.gp_on == "data":
+                penalty, e_real = losses.gradient_penalty(meg.energy, x_real)
+            else:
+                penalty, _ = losses.gradient_penalty(
+                    meg.energy, losses.interpolates(x_real, x_fake, rng))
+                e_real = meg.energy(x_real)
             e_fake = meg.energy(x_fake)
             loss_e = losses.energy_loss(e_real, e_fake, penalty, tc.gp_weight)
             opt_e.zero_grad(set_to_none=True)
@@ -500,13 +513,17 @@ def train(
         z = prior(tc.batch_size)
         x_gen = meg.generator(z)  # (B, D)
         e_gen = meg.energy(x_gen)
+        x_mi = x_gen  # what the MI estimator reads
+        if tc.entropy_noise > 0:
+            x_mi = x_gen + tc.entropy_noise * torch.randn(
+                x_gen.shape, device=device, generator=rng)
         if meg.statistics is not None:
             perm = torch.randperm(z.shape[0], device=device, generator=rng)
-            mi = losses.jsd_mi_loss(meg.statistics(x_gen, z), meg.statistics(x_gen, z[perm]))
-            # The encoder still learns to invert G (on detached samples) for /encode.
+            mi = losses.jsd_mi_loss(meg.statistics(x_mi, z), meg.statistics(x_mi, z[perm]))
+            # The encoder still learns to invert G (on detached, noiseless samples) for /encode.
             mi_aux = losses.encoder_mi_loss(z, meg.encoder(x_gen.detach()))
         else:
-            mi = losses.encoder_mi_loss(z, meg.encoder(x_gen))
+            mi = losses.encoder_mi_loss(z, meg.encoder(x_mi))
             mi_aux = torch.zeros((), device=device)
         # The entropy term's health, whichever estimator trains G: how well the encoder
         # recovers z from G(z) on this batch (its MSE, against E‖z‖² = latent_dim with no

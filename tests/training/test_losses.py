@@ -56,3 +56,26 @@ def test_jsd_loss_bounds():
 def test_generator_loss_combines_energy_and_entropy():
     e_fake = torch.tensor([1.0, 3.0])
     assert losses.generator_loss(e_fake, torch.tensor(0.5), entropy_weight=2.0).item() == 3.0
+
+
+def test_interpolates_lie_on_the_segments_with_one_weight_per_row():
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(64, 5), torch.randn(64, 5)
+    x = losses.interpolates(real, fake, g)
+    # x − fake = ε (real − fake) with the same ε ∈ [0, 1] for every feature of a row.
+    eps = (x - fake) / (real - fake)
+    assert torch.allclose(eps, eps[:, :1].expand_as(eps), atol=1e-4)
+    assert eps.min() >= 0 and eps.max() <= 1 and eps.std() > 0.2  # spread, not a constant
+    images = losses.interpolates(torch.ones(4, 3, 2, 2), torch.zeros(4, 3, 2, 2), g)
+    assert images.shape == (4, 3, 2, 2)  # image rows: one ε per image, broadcast
+    assert torch.all(images == images[:, :1, :1, :1])
+
+
+def test_penalty_at_interpolates_trains_the_energy_not_the_generator():
+    lin = torch.nn.Linear(3, 1)
+    fake = torch.randn(8, 3, requires_grad=True)
+    x = losses.interpolates(torch.randn(8, 3), fake, torch.Generator().manual_seed(1))
+    penalty, _ = losses.gradient_penalty(lambda v: lin(v).squeeze(1), x)
+    assert penalty.item() == pytest.approx(lin.weight.pow(2).sum().item(), rel=1e-5)
+    penalty.backward()
+    assert lin.weight.grad is not None and fake.grad is None

@@ -95,6 +95,41 @@ def test_history_logs_the_entropy_terms_health(entropy, tmp_path):
             assert h["mi_jsd"] == pytest.approx(np.log(4.0) - h["mi_loss"])
 
 
+@pytest.mark.parametrize("setting", ["train.gp_on='interpolates'", "train.entropy_noise=0.5"])
+def test_penalty_place_and_entropy_noise_change_training(setting, tmp_path):
+    base = ["data.n=1000", "train.steps=5"]
+    train(tiny("25gaussians", *base), None, tmp_path / "a", progress=False)
+    res = train(tiny("25gaussians", *base, setting), None, tmp_path / "b", progress=False)
+    pa, pb = _params(tmp_path / "a"), _params(tmp_path / "b")
+    assert res.steps == 5 and not all(torch.equal(pa[k], pb[k]) for k in pa)
+    hist = json.loads((tmp_path / "b" / "metrics.json").read_text())["history"]
+    assert all(np.isfinite(h["penalty"]) and h["penalty"] >= 0 for h in hist)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("train.gp_on='samples'", "train.gp_on 'samples': use data or interpolates"),
+    ("train.entropy_noise=-0.1", "train.entropy_noise -0.1: a noise std is >= 0"),
+])
+def test_bad_penalty_place_or_noise_is_refused_before_training(setting, message, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(tiny("25gaussians", "data.n=1000", setting), None, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    run = tmp_path / "run"
+    train(tiny("25gaussians", "data.n=1000", "train.steps=2"), None, run, progress=False)
+    state = torch.load(run / CHECKPOINT, weights_only=True)
+    del state["config"]["train"]["gp_on"], state["config"]["train"]["entropy_noise"]
+    torch.save(state, run / CHECKPOINT)
+    res = train(tiny("25gaussians", "data.n=1000", "train.steps=4"), None, run, resume=True,
+                progress=False)
+    assert res.steps == 4
+    with pytest.raises(RunDirError, match="train.gp_on: 'data' -> 'interpolates'"):
+        train(tiny("25gaussians", "data.n=1000", "train.steps=6", "train.gp_on='interpolates'"),
+              None, run, resume=True, progress=False)
+
+
 def _params(run_dir):
     state = torch.load(run_dir / CHECKPOINT, weights_only=True)
     return state["modules"]["energy"]
