@@ -137,14 +137,41 @@ def test_render_states_the_goal_from_the_three_seed_rows() -> None:
     assert "not met" in md and "950 ± 10" in md and "985 ± 5" in md
     # the one-seed row with more modes does not decide the goal, but it has its row
     assert "| round 1 | `meg_lr2e-3` |" in md and "1 (999)" in md
-    assert "entropy term off (`meg_lr1e-3_w0`, weight 0: 975 ± 5" in md
+    assert "with it off (weight 0" in md and "`meg_lr1e-3_w0` 975 ± 5 modes" in md
     win = _fake_sweep({"wgan_gp_lr1e-3": [900, 910, 920], "meg_lr1e-3_w0.03": [960, 970, 980]},
                       {"wgan_gp_lr1e-3": 0.9, "meg_lr1e-3_w0.03": 0.5})
-    assert "): met.**" in sweep.render_stacked([("round 1", win)], [], None)
+    assert "): met on the GPU.**" in sweep.render_stacked([("round 1", win)], [], None)
     # level on modes but a higher KL: not met
     level = _fake_sweep({"wgan_gp_lr1e-3": [960, 970, 980], "meg_lr1e-3_w0.03": [960, 970, 980]},
                         {"wgan_gp_lr1e-3": 0.5, "meg_lr1e-3_w0.03": 0.6})
     assert "not met" in sweep.render_stacked([("round 1", level)], [], None)
+
+
+def test_runs_of_a_config_pool_across_rounds_and_logged_runs_join_the_goal(tmp_path: Path) -> None:
+    r1 = _fake_sweep({"wgan_gp_lr1e-3": [990, 980], "meg_lr1e-3_w0.03": [970, 960]},
+                     {"wgan_gp_lr1e-3": 0.3, "meg_lr1e-3_w0.03": 0.35})
+    r2 = _fake_sweep({"wgan_gp_lr1e-3": [970], "meg_lr1e-3_w0.03": [1000]},
+                     {"wgan_gp_lr1e-3": 0.3, "meg_lr1e-3_w0.03": 0.2})
+    pooled = {r["config"]: r for r in sweep.pooled_rows([("round 1", r1), ("round 2", r2)])}
+    meg = pooled["meg_lr1e-3_w0.03"]
+    assert meg["round"] == "r1, r2" and meg["modes_each"] == ["r1 s0: 970", "r1 s1: 960", "r2 s0: 1000"]
+    assert meg["agg"]["modes_covered"]["mean"] == pytest.approx(2930 / 3)
+    # 3 runs each: MEG 976.7 vs WGAN-GP 980 modes, so not met ...
+    md = sweep.render_stacked([("round 1", r1), ("round 2", r2)], [], None)
+    assert "not met on the GPU" in md and "976.7 modes" in md and "980.0 modes" in md
+    # ... and runs known only from a log (one per line, or a config's mean) join the verdict
+    log = tmp_path / "round7.log"
+    log.write_text(
+        "[ 1.0s] done stacked/meg_lr1e-3_w0.03/s3: ok in 9.0s {'modes_covered': 1000, "
+        "'kl_modes_uniform': 0.1, 'steps': 2000}\n"
+        "[ 2.0s] stacked/wgan_gp_lr1e-3 (n=2): modes_covered 950±10, modes_covered_10 700±5, "
+        "kl_modes_uniform 0.5±0.1, steps 2000±0\n")
+    extra = sweep.round7_runs(log)
+    assert extra == {"meg_lr1e-3_w0.03": {"runs": [(1000.0, 0.1)]},
+                     "wgan_gp_lr1e-3": {"n": 2, "modes_mean": 950.0, "kl_mean": 0.5}}
+    md = sweep.render_stacked([("round 1", r1), ("round 2", r2)], [], None, extra)
+    assert "met on the GPU" in md and "not met" not in md.split("\n")[2]
+    assert "982.5 modes on average with KL 0.250 over 4 runs" in md and "968.0 modes, KL 0.380 over 5 runs" in md
 
 
 def test_rows_show_only_the_overrides_beyond_the_base_and_the_curves_ends() -> None:
@@ -155,7 +182,7 @@ def test_rows_show_only_the_overrides_beyond_the_base_and_the_curves_ends() -> N
     assert rows["wgan_gp_lr1e-3"]["entropy_weight"] is None and rows["wgan_gp_lr1e-3"]["penalty"] == 10.0
     assert rows["meg_lr1e-3_w0.03"]["agg"]["final_mi_bound_nats"] == 90.0
     ws = sweep.weight_sweep(list(rows.values()))
-    assert ws == {1e-3: [(0.03, "950 (1 seed)")]}
+    assert ws == {("data", 100.0, 1e-3): [(0.03, "950 modes, KL 0.60 (1 run)")]}
 
 
 def test_cpu_rows_group_seeds_by_tag(tmp_path: Path) -> None:
@@ -170,7 +197,7 @@ def test_cpu_rows_group_seeds_by_tag(tmp_path: Path) -> None:
     assert row["config"] == "meg_lr1e-3_w0.03" and row["modes_each"] == [940, 960]
     assert row["agg"]["modes_covered"]["mean"] == 950 and row["train_cpu_min"] == [290.0 / 60] * 2
     md = sweep.render_stacked([("round 1", _fake_sweep({"wgan_gp": [900]}, {"wgan_gp": 1.0}))], [row], None)
-    assert "| `meg_lr1e-3_w0.03` | MEG (entropy weight 0.03, λ 100) | 0.001 | 950 ± 14 |" in md
+    assert "| `meg_lr1e-3_w0.03` | MEG (entropy weight 0.03, λ 100 on data) | 0.001 | 950 ± 14 |" in md
     assert "≤ 4.8 CPU-minutes (within the issue's 15)" in md
 
 
