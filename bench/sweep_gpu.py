@@ -565,6 +565,23 @@ def _pm(agg: dict[str, Any], key: str, fmt: str) -> str:
     return m if v.get("std") is None else f"{m} ± {format(v['std'], fmt)}"
 
 
+def _row(round_name: str, job: dict[str, Any], result: dict[str, Any], agg: dict[str, Any],
+         seeds: list[Any], modes_each: list[Any]) -> dict[str, Any]:
+    """A table row of one config: `job` and `result` are its first finished run's."""
+    train = result["settings"]["train"]
+    wgan = job["method"] == "wgan_gp"
+    return {
+        "round": round_name, "config": job["config"], "method": job["method"],
+        "overrides": [o for o in job["overrides"] if o not in RENDER_BASE],
+        "lr": train["lr"], "entropy_weight": None if wgan else train["entropy_weight"],
+        "penalty": job["gp_weight"] if wgan else train["gp_weight"],
+        "gp_on": train.get("gp_on", "data"), "entropy_noise": train.get("entropy_noise", 0.0),
+        "entropy": train.get("entropy", "encoder"),
+        "seeds": seeds, "agg": agg, "modes_each": modes_each,
+        "complete": agg.get("all_budget_complete", False), "command": job["bench_command"],
+    }
+
+
 def stacked_rows(sweep: dict[str, Any], round_name: str) -> list[dict[str, Any]]:
     """One row per StackedMNIST config of one sweep.json: method, the overrides beyond the
     sweep's base, learning rate / entropy weight / λ as the runs used them, the summary
@@ -580,21 +597,8 @@ def stacked_rows(sweep: dict[str, Any], round_name: str) -> list[dict[str, Any]]
         if agg is None:
             continue
         ok = [j for j in jobs if sweep["results"].get(j["id"], {}).get("status") == "ok"]
-        first = sweep["results"][ok[0]["id"]]
-        train = first["settings"]["train"]
-        wgan = ok[0]["method"] == "wgan_gp"
-        rows.append({
-            "round": round_name, "config": config, "method": ok[0]["method"],
-            "overrides": [o for o in ok[0]["overrides"] if o not in RENDER_BASE],
-            "lr": train["lr"], "entropy_weight": None if wgan else train["entropy_weight"],
-            "penalty": ok[0]["gp_weight"] if wgan else train["gp_weight"],
-            "gp_on": train.get("gp_on", "data"), "entropy_noise": train.get("entropy_noise", 0.0),
-            "entropy": train.get("entropy", "encoder"),
-            "seeds": [j["seed"] for j in ok], "agg": agg,
-            "modes_each": [sweep["results"][j["id"]]["modes_covered"] for j in ok],
-            "complete": agg.get("all_budget_complete", False),
-            "command": ok[0]["bench_command"],
-        })
+        rows.append(_row(round_name, ok[0], sweep["results"][ok[0]["id"]], agg, [j["seed"] for j in ok],
+                         [sweep["results"][j["id"]]["modes_covered"] for j in ok]))
     return rows
 
 
@@ -622,20 +626,9 @@ def pooled_rows(sweeps: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]
     rows = []
     for config, (job, r) in first.items():
         runs = [j for j in jobs if j["config"] == config]
-        train = r["settings"]["train"]
-        wgan = job["method"] == "wgan_gp"
-        rows.append({
-            "round": ", ".join(rounds[config]), "config": config, "method": job["method"],
-            "overrides": [o for o in job["overrides"] if o not in RENDER_BASE],
-            "lr": train["lr"], "entropy_weight": None if wgan else train["entropy_weight"],
-            "penalty": job["gp_weight"] if wgan else train["gp_weight"],
-            "gp_on": train.get("gp_on", "data"), "entropy_noise": train.get("entropy_noise", 0.0),
-            "entropy": train.get("entropy", "encoder"),
-            "seeds": [j["label"] for j in runs], "agg": aggs[f"stacked/{config}"],
-            "modes_each": [f"{j['label']}: {results[j['id']]['modes_covered']}" for j in runs],
-            "complete": aggs[f"stacked/{config}"].get("all_budget_complete", False),
-            "command": job["bench_command"],
-        })
+        rows.append(_row(", ".join(rounds[config]), job, r, aggs[f"stacked/{config}"],
+                         [j["label"] for j in runs],
+                         [f"{j['label']}: {results[j['id']]['modes_covered']}" for j in runs]))
     return rows
 
 
