@@ -226,7 +226,12 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="recipe override applied to both MEG and WGAN-GP (repeatable)")
     p.add_argument("--quick", action="store_true", help="smoke test: 100 steps, 1 seed, 10 MALA steps")
+    p.add_argument("--no-wgan", action="store_true",
+                   help="MEG only (an ablation beside a full run): writes toys_TAG.json, not the docs")
+    p.add_argument("--tag", default="", help="--no-wgan: the results file is bench/results/toys_TAG.json")
     args = p.parse_args()
+    if args.no_wgan and not args.tag:
+        p.error("--no-wgan needs --tag (its results go to bench/results/toys_TAG.json)")
     if args.quick:
         args.steps, args.seeds, args.mala_steps = args.steps or 100, "0", min(args.mala_steps, 10)
     torch.set_num_threads(args.threads)
@@ -236,7 +241,7 @@ def main() -> None:
             raise SystemExit(f"--only {n}: choose from {', '.join(TOYS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     temperatures = [float(t) for t in args.temperatures.split(",")]
-    methods = method_names(temperatures)
+    methods = [m for m in method_names(temperatures) if not (args.no_wgan and m == "wgan_gp")]
     info = machine_info()
     t_start = time.time()
     runs: list[dict[str, Any]] = []
@@ -255,7 +260,8 @@ def main() -> None:
                 print(f"{name} seed {seed}: {cfg.train.steps} steps "
                       f"({time.time() - t_start:.0f}s elapsed)", flush=True)
                 meg_out, meg_plots = run_meg(name, seed, data, args, Path(tmp), temperatures)
-                w_out, w_plots = run_wgan(name, seed, data, args, meg_out["meg"]["steps"])
+                w_out, w_plots = ({}, {}) if args.no_wgan else run_wgan(name, seed, data, args,
+                                                                         meg_out["meg"]["steps"])
                 steps_used[name] = min(steps_used[name], meg_out["meg"]["steps"])
                 runs.append({"dataset": name, "seed": seed, **meg_out, **w_out})
                 if seed == seeds[0]:
@@ -276,8 +282,9 @@ def main() -> None:
                          f"ε {np.mean([r['final_step_size'] for r in rs]):.3g}")
             rows.append([name, label(method), f"{pm(agg['modes_covered'], digits=1)} / {rs[0]['n_modes']}",
                          pm(agg["high_quality_fraction"], 100, 1), pm(agg["kl_modes_uniform"]), extra])
-    stem = "toys_quick" if args.quick else "toys"
-    img = RESULTS / "toys_quick.png" if args.quick else ROOT / "docs" / "img" / "toys.png"
+    partial = args.quick or args.no_wgan
+    stem = "toys_quick" if args.quick else f"toys_{args.tag}" if args.no_wgan else "toys"
+    img = RESULTS / f"{stem}.png" if partial else ROOT / "docs" / "img" / "toys.png"
     plot(img, names, methods, plots, data_pts, steps_used)
     cmd = "MEG_DATA_DIR=/work/shared/data .venv/bin/python bench/toys.py " + " ".join(sys.argv[1:])
     result = {
@@ -289,7 +296,7 @@ def main() -> None:
     path = save_json(stem, result)
     print(f"wrote {path} and {img} ({wall:.0f}s)", flush=True)
     print(table(["toy", "method", "modes covered", "high quality %", "KL(modes ‖ uniform)", "MALA"], rows))
-    if args.quick:
+    if partial:
         return
     first = names[0]
     tc, mc = settings[first]["train"], settings[first]["model"]
