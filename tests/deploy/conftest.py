@@ -5,8 +5,8 @@ compose); a test needing a missing one skips and says which and how to get it.
 
 `meg_server` starts the real model server (`uvicorn service.main:app`) once per
 session, on loopback, on the bundles of the `tiny_bundle_dir` fixture from
-tests/conftest.py, and sends it a little traffic of every kind, so that /metrics has
-children for every labelled metric.
+tests/conftest.py, with its gRPC front-end on, and sends it a little traffic of every
+kind (HTTP and gRPC), so that /metrics has children for every labelled metric.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from deploy_support import (
     http,
     load_dashboard,
     model_list,
+    send_grpc_traffic,
     send_traffic,
     stop,
     wait_until,
@@ -89,7 +90,7 @@ def meg_server(request, tmp_path_factory) -> Iterator[MegServer]:
     except pytest.FixtureLookupError:
         models_dir = tmp_path_factory.mktemp("empty-models")
 
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("meg-server") / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEG_")}
     env.update({
@@ -101,6 +102,8 @@ def meg_server(request, tmp_path_factory) -> Iterator[MegServer]:
         "MEG_ORT_THREADS": "1",
         "MEG_TORCH_THREADS": "1",
         "MEG_POLL_INTERVAL_S": "0.5",
+        # The Open Inference Protocol over gRPC, as docker-compose.yml and k8s run it.
+        "MEG_GRPC_PORT": str(grpc_port),
         "PYTHONUNBUFFERED": "1",
     })
     with log.open("wb") as out:
@@ -108,7 +111,8 @@ def meg_server(request, tmp_path_factory) -> Iterator[MegServer]:
             [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
              "--port", str(port), "--workers", "1", "--log-level", "warning"],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = MegServer(url=f"http://127.0.0.1:{port}", models_dir=models_dir, log=log, proc=proc)
+    server = MegServer(url=f"http://127.0.0.1:{port}", models_dir=models_dir, log=log, proc=proc,
+                       grpc_target=f"127.0.0.1:{grpc_port}")
     try:
         wait_until(lambda: http("GET", server.url + "/healthz", timeout=2)[0] == 200,
                    timeout=60, proc=proc, what="GET /healthz == 200", log=log)
@@ -121,6 +125,7 @@ def meg_server(request, tmp_path_factory) -> Iterator[MegServer]:
             server.models = model_list(json.loads(body))
             assert server.models, f"GET /models listed no model: {body[:500]!r}"
         server.traffic = send_traffic(server)
+        server.grpc_traffic = send_grpc_traffic(server.grpc_target, server.models)
         yield server
     finally:
         stop(proc)

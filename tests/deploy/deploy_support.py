@@ -106,6 +106,10 @@ class MegServer:
     # Model summaries from GET /models; empty when started without bundles.
     models: list[dict] = field(default_factory=list)
     traffic: dict[str, list[int]] = field(default_factory=dict)
+    # host:port of the Open Inference Protocol gRPC front-end (MEG_GRPC_PORT).
+    grpc_target: str = ""
+    # gRPC status names per RPC, from send_grpc_traffic.
+    grpc_traffic: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def has_models(self) -> bool:
@@ -147,6 +151,47 @@ def send_traffic(server: MegServer, rounds: int = 2) -> dict[str, list[int]]:
         if server.models:
             call("GET", f"/sample.png?model={server.models[0]['name']}&n=4&seed={r}")
     call("POST", "/energy", {"model": "no-such-model", "inputs": [[0.0, 0.0]]})
+    return seen
+
+
+def send_grpc_traffic(target: str, models: list[dict]) -> dict[str, list[str]]:
+    """A few Open Inference Protocol calls over gRPC (tritonclient.grpc, as a Triton
+    client would make them) against `target` (host:port): the server probes and
+    metadata, and per model its `NAME.energy` readiness, metadata and an inference; then
+    an inference on an unknown model (NOT_FOUND). Returns the status names per RPC."""
+    import numpy as np
+    import tritonclient.grpc as tg
+    from tritonclient.utils import InferenceServerException
+
+    seen: dict[str, list[str]] = {}
+
+    def call(method: str, fn, *args: object) -> object:
+        try:
+            result, code = fn(*args), "OK"
+        except InferenceServerException as e:
+            result, code = None, str(e.status()).removeprefix("StatusCode.")
+        seen.setdefault(method, []).append(code)
+        return result
+
+    def x_input(rows: list[list[float]]) -> object:
+        x = np.asarray(rows, dtype=np.float32)
+        t = tg.InferInput("x", list(x.shape), "FP32")
+        t.set_data_from_numpy(x)
+        return t
+
+    client = tg.InferenceServerClient(target)
+    try:
+        call("ServerLive", client.is_server_live)
+        call("ServerReady", client.is_server_ready)
+        call("ServerMetadata", client.get_server_metadata)
+        for m in models:
+            name = f"{m['name']}.energy"
+            call("ModelReady", client.is_model_ready, name)
+            call("ModelMetadata", client.get_model_metadata, name)
+            call("ModelInfer", client.infer, name, [x_input(_rows(m, 5))])
+        call("ModelInfer", client.infer, "no-such-model", [x_input([[0.0, 0.0]])])
+    finally:
+        client.close()
     return seen
 
 

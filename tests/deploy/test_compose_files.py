@@ -7,6 +7,7 @@ as the deployment needs: read-only bundles, one-shot trainer, scrapable replicas
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -80,6 +81,34 @@ def test_meg_serves_bundles_read_only_and_scales(compose):
     assert conf["source"] == "./deploy/nginx/nginx.conf" and conf["read_only"]
 
 
+def _nginx_grpc() -> tuple[int, int]:
+    """(port `lb` listens on for gRPC, replica port it forwards to) in deploy/nginx/nginx.conf."""
+    text = re.sub(r"#.*", "", (DEPLOY / "nginx" / "nginx.conf").read_text())
+    (listen,) = re.findall(r"listen\s+(\d+)\s+http2\s*;", text)
+    (target,) = re.findall(r"\sgrpc://meg:(\d+);", text)
+    return int(listen), int(target)
+
+
+def test_grpc_port_is_exposed_consistently(compose):
+    """The Open Inference Protocol over gRPC: on by default at 8001 in every replica
+    (Triton-style 8000 HTTP / 8001 gRPC), exposed on the compose network, forwarded by
+    `lb` (nginx, HTTP/2) to meg:8001 and published by `lb`; the same port Kubernetes
+    names `grpc`."""
+    meg = compose["services"]["meg"]
+    assert meg["environment"]["MEG_GRPC_PORT"] == "${MEG_GRPC_PORT:-8001}"
+    assert [str(p) for p in meg["expose"]] == ["8000", "8001"]
+    lb_listen, lb_target = _nginx_grpc()
+    assert lb_listen == lb_target == 8001
+    lb = compose["services"]["lb"]
+    assert "${MEG_GRPC_HOST_PORT:-8001}:8001" in lb["ports"]
+    assert "${MEG_PORT:-8000}:8000" in lb["ports"]  # HTTP unchanged
+    dep = load(DEPLOY / "k8s" / "base" / "deployment.yaml")
+    (c,) = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "meg"]
+    k8s_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    k8s_env = {e["name"]: e.get("value") for e in c["env"]}
+    assert k8s_ports["grpc"] == 8001 and k8s_env["MEG_GRPC_PORT"] == "8001"
+
+
 def test_trainer_is_one_shot_and_writes_the_models_volume(compose):
     trainer = compose["services"]["trainer"]
     assert trainer["profiles"] == ["train"]
@@ -121,11 +150,12 @@ def test_gpu_override(compose):
 
 
 # ------------------------------------------------------- the real Compose CLI
-def _config(compose_cmd, home, *args: str) -> dict:
+def _config(compose_cmd, home, *args: str, env: dict[str, str] | None = None) -> dict:
     # A clean environment: no MEG_* or COMPOSE_* variables of the caller leak in.
     out = subprocess.run([*compose_cmd, *args, "config", "--format", "json"], cwd=REPO,
                          capture_output=True, text=True, timeout=60,
-                         env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home)})
+                         env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home),
+                              **(env or {})})
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -137,6 +167,23 @@ def test_docker_compose_config(compose_cmd, tmp_path):
     assert models["read_only"] is True
     cfg = _config(compose_cmd, tmp_path, "--profile", "train")
     assert "trainer" in cfg["services"]
+
+
+def _published(svc: dict) -> dict[int, str]:
+    return {p["target"]: str(p["published"]) for p in svc["ports"]}
+
+
+def test_docker_compose_config_grpc(compose_cmd, tmp_path):
+    """gRPC on by default (8001 inside, published by `lb` on 8001); MEG_GRPC_HOST_PORT
+    moves the published port only, MEG_GRPC_PORT=0 turns the replicas' gRPC off."""
+    cfg = _config(compose_cmd, tmp_path)
+    meg = cfg["services"]["meg"]
+    assert meg["environment"]["MEG_GRPC_PORT"] == "8001"
+    assert set(meg["expose"]) == {"8000", "8001"} and "ports" not in meg
+    assert _published(cfg["services"]["lb"]) == {8000: "8000", 8001: "8001"}
+    cfg = _config(compose_cmd, tmp_path, env={"MEG_GRPC_HOST_PORT": "9001", "MEG_GRPC_PORT": "0"})
+    assert cfg["services"]["meg"]["environment"]["MEG_GRPC_PORT"] == "0"
+    assert _published(cfg["services"]["lb"]) == {8000: "8000", 8001: "9001"}
 
 
 def test_docker_compose_config_gpu(compose_cmd, tmp_path):

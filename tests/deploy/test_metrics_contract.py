@@ -17,6 +17,8 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "meg_requests_total": ("counter", {"endpoint", "model", "status"}),
     "meg_request_duration_seconds": ("histogram", {"endpoint", "model"}),
     "meg_requests_in_flight": ("gauge", set()),
+    "meg_grpc_requests_total": ("counter", {"method", "model", "code"}),
+    "meg_grpc_request_duration_seconds": ("histogram", {"method", "model"}),
     "meg_batch_size": ("histogram", {"model", "op"}),
     "meg_queue_depth": ("gauge", {"model", "op"}),
     "meg_queue_wait_seconds": ("histogram", {"model", "op"}),
@@ -28,6 +30,11 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "meg_model_info": ("gauge", {"model", "version", "provider", "device"}),
     "meg_models_loaded": ("gauge", set()),
 }
+# gRPC status names, the values of meg_grpc_requests_total's `code`.
+GRPC_CODES = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+              "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+              "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+              "UNAUTHENTICATED"}
 # Added by Prometheus at scrape time, or by histograms.
 TARGET_LABELS = {"instance", "job"}
 # Series Prometheus itself produces, allowed in queries next to the meg_ ones.
@@ -178,6 +185,15 @@ def test_label_values_follow_the_contract(meg_server, metrics_text):
     info = series["meg_model_info"][1]
     assert {s["model"] for s in info} == names
     assert all(s["device"] == "cpu" for s in info)
+    # gRPC: method is the RPC's name, code its status name, model a served one (or
+    # empty for the server-level RPCs and a model that does not exist).
+    grpc_calls = series["meg_grpc_requests_total"][1]
+    assert {s["method"] for s in grpc_calls} == set(meg_server.grpc_traffic)
+    assert {s["code"] for s in grpc_calls} == {c for codes in meg_server.grpc_traffic.values()
+                                               for c in codes}
+    assert all(s["code"] in GRPC_CODES for s in grpc_calls), grpc_calls
+    assert {s["model"] for s in grpc_calls if s["method"] == "ModelInfer" and s["code"] == "OK"
+            } == names
 
 
 def test_traffic_fills_every_labelled_metric(meg_server, metrics_text):
@@ -187,6 +203,7 @@ def test_traffic_fills_every_labelled_metric(meg_server, metrics_text):
         pytest.skip("no tiny_bundle_dir fixture: server ran without models")
     ok = {path: [s for s in statuses if s == 200] for path, statuses in meg_server.traffic.items()}
     assert ok.get("/sample") and ok.get("/energy") and ok.get("/anomaly"), meg_server.traffic
+    assert "OK" in meg_server.grpc_traffic.get("ModelInfer", []), meg_server.grpc_traffic
     series = exposed(metrics_text)
     empty = [name for name in contract_series() if not series.get(name, ("", []))[1]]
     assert not empty, f"no samples after traffic: {empty}\ntraffic: {meg_server.traffic}"

@@ -53,9 +53,21 @@ def test_dashboard_structure(dashboard):
         assert var["datasource"]["uid"] == uid
 
 
+def test_panels_do_not_overlap(dashboard):
+    """No two top-level panels (rows included: each takes a grid line) share a cell."""
+    taken: dict[tuple[int, int], str] = {}
+    for p in dashboard["panels"]:
+        g = p["gridPos"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in taken, f"{p['title']!r} overlaps {taken[(x, y)]!r}"
+                taken[(x, y)] = p["title"]
+
+
 def test_dashboard_covers_the_service(dashboard):
     """Request rate, error ratio, latency quantiles per endpoint, batching, queueing,
-    inference per backend, MALA acceptance, anomaly rate and model info."""
+    inference per backend, MALA acceptance, anomaly rate, model info, and the gRPC
+    front-end's call rate and latency."""
     exprs = [t["expr"] for p in _panels(dashboard["panels"]) for t in p.get("targets", [])]
     text = "\n".join(exprs)
 
@@ -72,6 +84,9 @@ def test_dashboard_covers_the_service(dashboard):
     assert has("meg_anomalies_flagged_total", "meg_anomaly_scored_total")
     assert "meg_model_info" in text and "meg_requests_in_flight" in text
     assert has("meg_models_loaded", "== 0")
+    # The gRPC front-end (MEG_GRPC_PORT): calls by RPC and status code, p99 per RPC.
+    assert has("rate(meg_grpc_requests_total", "by (method, code)")
+    assert has("histogram_quantile(0.99", "method", "meg_grpc_request_duration_seconds_bucket")
 
 
 def test_every_query_is_valid_promql(promtool, dashboard_exprs, tmp_path):

@@ -100,7 +100,8 @@ def test_base_deployment_probes_resources_and_security(rendered):
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"http": 8000}
+    assert ports == {"http": 8000, "grpc": 8001}
+    # Probes stay on HTTP, never the gRPC port.
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"]["port"] in ("http", 8000)
     assert c["args"] == ["serve", "--models", "/models", "--host", "0.0.0.0", "--port", "8000"]
@@ -115,6 +116,8 @@ def test_base_deployment_probes_resources_and_security(rendered):
     env = {e["name"]: e for e in c["env"]}
     assert env["MEG_MODELS_DIR"]["value"] == "/models"
     assert env["MEG_DEVICE"]["value"] == "cpu"
+    # The gRPC front-end listens where the `grpc` port says.
+    assert env["MEG_GRPC_PORT"]["value"] == str(ports["grpc"])
 
 
 def test_base_bundles_come_read_only_from_the_pvc(rendered):
@@ -136,7 +139,14 @@ def test_base_service_hpa_pdb_and_podmonitor_select_the_server(rendered):
 
     svc = objs[("Service", "meg")]
     assert svc["spec"]["selector"].items() <= pod_labels.items()
-    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= {"http", 8000}
+    svc_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert set(svc_ports) == {"http", "grpc"}
+    container_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for name, p in svc_ports.items():
+        # Each Service port points at the container port of the same name (or number).
+        assert p["targetPort"] in (name, container_ports[name]), p
+    assert svc_ports["http"]["port"] == 8000
+    assert svc_ports["grpc"]["port"] == 8001 and svc_ports["grpc"]["appProtocol"] == "grpc"
 
     hpa = objs[("HorizontalPodAutoscaler", "meg")]
     assert hpa["apiVersion"] == "autoscaling/v2"
@@ -152,6 +162,7 @@ def test_base_service_hpa_pdb_and_podmonitor_select_the_server(rendered):
     assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     (ep,) = pm["spec"]["podMetricsEndpoints"]
     assert ep["port"] in {p["name"] for p in c["ports"]}
+    assert ep["port"] == "http"  # /metrics (gRPC metrics included) is served over HTTP
     assert ep["path"] == "/metrics"
     # alerts.yml and the dashboard select job="meg": the job label comes from this pod label.
     assert pod_labels[pm["spec"]["jobLabel"]] == "meg"
@@ -172,6 +183,8 @@ def test_gpu_overlay(rendered):
     assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", []))
     # Everything else from the base is still there.
     assert c["readinessProbe"] == base_c["readinessProbe"]
+    assert c["ports"] == base_c["ports"]
+    assert {"name": "MEG_GRPC_PORT", "value": "8001"} in c["env"]
     assert [m for m in c["volumeMounts"]] == base_c["volumeMounts"]
 
 
