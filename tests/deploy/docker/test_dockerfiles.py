@@ -79,7 +79,8 @@ def _check_runtime(stage: Stage) -> None:
     assert "/readyz" in health and "curl" not in health and "urllib" in health
     assert _exec_form(stage.all("ENTRYPOINT")[-1]) + _exec_form(stage.all("CMD")[-1]) == [
         "meg", "serve", "--models", "/models", "--host", "0.0.0.0", "--port", "8000"]
-    assert "8000" in stage.all("EXPOSE")
+    exposed = " ".join(stage.all("EXPOSE")).split()
+    assert "8000" in exposed and "8001" in exposed  # HTTP, and V2 gRPC when MEG_GRPC_PORT=8001
     env = " ".join(stage.all("ENV"))
     assert "MEG_MODELS_DIR=/models" in env
 
