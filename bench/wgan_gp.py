@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from training import losses
 from training.config import RecipeConfig
 from training.data import Dataset
 from training.model import Energy, Generator, architecture
@@ -40,8 +41,7 @@ class WGANResult:
 def interpolate_penalty(critic: Energy, x_real: torch.Tensor, x_fake: torch.Tensor,
                         rng: torch.Generator) -> torch.Tensor:
     """mean (‖∇ₓ critic(x̂)‖ − 1)² at random points x̂ on the segments real–fake."""
-    eps = torch.rand(x_real.shape[0], 1, generator=rng, device=x_real.device)  # (B, 1)
-    x_hat = (eps * x_real + (1.0 - eps) * x_fake).detach().requires_grad_(True)  # (B, D)
+    x_hat = losses.interpolates(x_real, x_fake, rng).requires_grad_(True)  # (B, D)
     (g,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return (g.norm(dim=1) - 1.0).pow(2).mean()
 
