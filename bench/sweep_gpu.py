@@ -977,7 +977,9 @@ def render_stacked(sweeps: list[tuple[str, dict[str, Any]]], cpu: list[dict[str,
                        f"({len(w['seeds'])} seed(s))."
                        + (" MEG clears 950 but is not ahead of WGAN-GP on both counts "
                           f"({'more' if mm > wm else 'fewer'} modes, {'lower' if mk < wk else 'higher'} KL)."
-                          if mm >= 950 and not met else "")]
+                          if mm >= 950 and not met else
+                          " MEG is ahead of WGAN-GP on both counts (more modes, lower KL) but below 950."
+                          if mm > wm and mk < wk and not met else "")]
         md.append("")
     if old_cpu is not None:
         res, t = old_cpu["results"], old_cpu["settings"]["train"]
