@@ -784,9 +784,6 @@ def render_stacked(sweeps: list[tuple[str, dict[str, Any]]], cpu: list[dict[str,
     clf = sweeps[0][1].get("classifiers", {}).get("seed0", {})
     ref = clf.get("reference_classified", {})
 
-    def mean(r: dict[str, Any], k: str) -> float:
-        return float(r["agg"][k]["mean"])
-
     def brief(r: dict[str, Any]) -> str:
         return (f"`{r['config']}` {_pm(r['agg'], 'modes_covered', '.0f')} modes, KL "
                 f"{_pm(r['agg'], 'kl_modes_uniform', '.3f')} ({len(r['seeds'])} run{'s' * (len(r['seeds']) > 1)})")
@@ -796,7 +793,7 @@ def render_stacked(sweeps: list[tuple[str, dict[str, Any]]], cpu: list[dict[str,
     extra = extra or {}
     lines = []
     megs = [r for r in multi if r["method"] == "meg" and (r["entropy_weight"] or 0) > 0]
-    best_meg = max(megs, key=lambda r: mean(r, "modes_covered"), default=None)
+    best_meg = max(megs, key=lambda r: mean_of(r, "modes_covered"), default=None)
     if best_meg is not None:
         wg = [r for r in multi if r["method"] == "wgan_gp" and r["lr"] == best_meg["lr"]]
         if wg:
@@ -818,7 +815,7 @@ def render_stacked(sweeps: list[tuple[str, dict[str, Any]]], cpu: list[dict[str,
                      and r["entropy"] == best_meg["entropy"]
                      and r["entropy_weight"] == best_meg["entropy_weight"]]
         if best_meg["gp_on"] == "interpolates" and data_megs:
-            d = max(data_megs, key=lambda r: (r["penalty"] == best_meg["penalty"], mean(r, "modes_covered")))
+            d = max(data_megs, key=lambda r: (r["penalty"] == best_meg["penalty"], mean_of(r, "modes_covered")))
             lines.append(
                 f"Where the penalty is taken closed most of what the learning rate left: the same "
                 f"zero-centred penalty (λ {best_meg['penalty']:g}, weight {best_meg['entropy_weight']:g}) on "
@@ -906,7 +903,7 @@ def render_stacked(sweeps: list[tuple[str, dict[str, Any]]], cpu: list[dict[str,
         "round 4's best rows and of WGAN-GP; round 6: the entropy weight at the interpolate "
         "penalty). A config measured in two rounds has a row in each.",
         "",
-        *_stacked_table(sorted(rows, key=lambda r: (r["round"], -mean(r, "modes_covered"))), with_curves=True),
+        *_stacked_table(sorted(rows, key=lambda r: (r["round"], -mean_of(r, "modes_covered"))), with_curves=True),
         "",
     ]
     if extra:

@@ -343,8 +343,8 @@ def verdict(result: dict[str, Any]) -> list[str]:
         meg, wg = by.get("meg"), by.get("wgan_gp")
         if meg is None or wg is None:
             continue
-        n_modes = next(r["meg"]["n_modes"] for r in result["runs"] if r["dataset"] == name)
-        all_modes = all(r["meg"]["modes_covered"] == n_modes for r in result["runs"] if r["dataset"] == name)
+        megs = [r["meg"] for r in result["runs"] if r["dataset"] == name]
+        all_modes = all(r["modes_covered"] == r["n_modes"] for r in megs)
         m, w = 100 * meg["high_quality_fraction"]["mean"], 100 * wg["high_quality_fraction"]["mean"]
         spread = 100 * max(meg["high_quality_fraction"].get("std") or 0.0, wg["high_quality_fraction"].get("std") or 0.0)
         standing = "ahead of" if m > w else "level with" if w - m <= spread else "behind"
