@@ -746,6 +746,47 @@ def cpu_rows(paths: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def _steps_of(row: dict[str, Any]) -> str:
+    return ", ".join(str(n) for n in sorted(set(row["steps"])))
+
+
+def _cpu_method(row: dict[str, Any]) -> str:
+    if row["method"] == "wgan_gp":
+        return f"WGAN-GP (λ {row['gp_weight']:g})"
+    t = row["settings"]
+    jsd = ", JSD estimator" if t.get("entropy") == "jsd" else ""
+    return (f"MEG (entropy weight {t['entropy_weight']:g}{jsd}, λ {t['gp_weight']:g} "
+            f"on {t.get('gp_on', 'data')})")
+
+
+def cpu_goal(cpu: list[dict[str, Any]]) -> list[str]:
+    """The goal at an equal CPU budget, one paragraph per WGAN-GP row: every MEG row with its
+    lr and steps, and which of them (if any) covers more modes with a lower KL and ≥ 950."""
+    md: list[str] = []
+    for w in [r for r in cpu if r["method"] == "wgan_gp"]:
+        key = (w["settings"]["lr"], _steps_of(w))
+        megs = [m for m in cpu if m["method"] == "meg" and (m["settings"]["lr"], _steps_of(m)) == key]
+        if not megs:
+            continue
+        wm, wk = mean_of(w, "modes_covered"), mean_of(w, "kl_modes_uniform")
+        parts, winners = [], []
+        for m in sorted(megs, key=lambda m: -mean_of(m, "modes_covered")):
+            mm, mk = mean_of(m, "modes_covered"), mean_of(m, "kl_modes_uniform")
+            ahead = mm > wm and mk < wk
+            if ahead and mm >= 950:
+                winners.append(m["config"])
+            verdict = ("ahead on both counts" + ("" if mm >= 950 else ", below 950") if ahead
+                       else f"{'more' if mm > wm else 'fewer'} modes, {'lower' if mk < wk else 'higher'} KL")
+            parts.append(f"`{m['config']}` {_pm(m['agg'], 'modes_covered', '.0f')} modes, KL "
+                         f"{_pm(m['agg'], 'kl_modes_uniform', '.3f')} ({len(m['seeds'])} seed(s); {verdict})")
+        md += ["", f"**lr {key[0]:g}, {key[1]} steps: the goal is "
+               + (f"met by {', '.join(f'`{c}`' for c in winners)}.**" if winners else "not met.**")
+               + f" WGAN-GP (`{w['config']}`) {_pm(w['agg'], 'modes_covered', '.0f')} modes, KL "
+               f"{_pm(w['agg'], 'kl_modes_uniform', '.3f')} ({len(w['seeds'])} seed(s)); MEG: "
+               + "; ".join(parts) + "."]
+    return md
+
+
 def weight_sweep(rows: list[dict[str, Any]]) -> dict[tuple[str, float, float], list[tuple[float, str]]]:
     """MEG rows (encoder estimator) that differ only in entropy weight, lr and the penalty
     (where, λ): {(where, λ, lr): [(weight, 'modes ± std (n runs)')]}, the row with the most
@@ -934,20 +975,18 @@ def render_stacked(sweeps: list[tuple[str, dict[str, Any]]], cpu: list[dict[str,
                f"Machine: {c0['cpu']} ({c0['cpu_count']} cores), no GPU; torch {c0['torch']}; "
                f"runs started {min(d for r in cpu for d in r['dates'])} to {max(d for r in cpu for d in r['dates'])}. "
                "One torch thread per run, `OMP_NUM_THREADS=1`, two runs at a time on the 2 cores "
-               "(shared with other jobs). The issue's budget is ≤ 15 CPU-minutes a model; the same "
-               "2000 steps as on the GPU. Commands (the seed by `--seed`; run with `OMP_NUM_THREADS=1`):", ""]
+               "(shared with other jobs). The issue's budget is ≤ 15 CPU-minutes a model; 2000 steps as "
+               "on the GPU unless the steps column says more (a longer run within the same budget). "
+               "Commands (the seed by `--seed`; run with `OMP_NUM_THREADS=1`):", ""]
         for r in cpu:
             md.append(f"- `{r['config']}`: `{r['command']}`")
-        head = ["config", "method", "lr", "modes covered / 1000", "modes ≥ 10 samples",
+        head = ["config", "method", "lr", "steps", "modes covered / 1000", "modes ≥ 10 samples",
                 "KL(modes ‖ uniform)", "seeds (modes each)", "training wall min / model",
                 "training CPU min / model", "whole run CPU min (classifier, data, sampling too)"]
         md += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in cpu:
-            method = (f"WGAN-GP (λ {r['gp_weight']:g})" if r["method"] == "wgan_gp"
-                      else f"MEG (entropy weight {r['settings']['entropy_weight']:g}, λ {r['settings']['gp_weight']:g} "
-                      f"on {r['settings'].get('gp_on', 'data')})")
             md.append("| " + " | ".join([
-                f"`{r['config']}`", method, f"{r['settings']['lr']:g}",
+                f"`{r['config']}`", _cpu_method(r), f"{r['settings']['lr']:g}", _steps_of(r),
                 _pm(r["agg"], "modes_covered", ".0f"), _pm(r["agg"], "modes_covered_10", ".0f"),
                 _pm(r["agg"], "kl_modes_uniform", ".3f"),
                 f"{len(r['seeds'])} ({', '.join(map(str, r['modes_each']))})",
@@ -958,25 +997,7 @@ def render_stacked(sweeps: list[tuple[str, dict[str, Any]]], cpu: list[dict[str,
         md += ["", f"Every model trained in ≤ {worst:.1f} CPU-minutes "
                f"({'within' if worst <= 15 else 'over'} the issue's 15); wall time is higher because the "
                "2 cores were shared with other jobs."]
-        megs = [r for r in cpu if r["method"] == "meg"]
-        wgs = [r for r in cpu if r["method"] == "wgan_gp"]
-        for m in megs:
-            for w in wgs:
-                if m["settings"]["lr"] != w["settings"]["lr"]:
-                    continue
-                mm, wm = m["agg"]["modes_covered"]["mean"], w["agg"]["modes_covered"]["mean"]
-                mk, wk = m["agg"]["kl_modes_uniform"]["mean"], w["agg"]["kl_modes_uniform"]["mean"]
-                met = mm > wm and mk < wk and mm >= 950
-                md += ["", f"At this equal CPU budget the goal is {'met' if met else 'not met either'}: MEG "
-                       f"(`{m['config']}`) {_pm(m['agg'], 'modes_covered', '.0f')} modes, KL "
-                       f"{_pm(m['agg'], 'kl_modes_uniform', '.3f')} ({len(m['seeds'])} seed(s)) against WGAN-GP "
-                       f"{_pm(w['agg'], 'modes_covered', '.0f')}, KL {_pm(w['agg'], 'kl_modes_uniform', '.3f')} "
-                       f"({len(w['seeds'])} seed(s))."
-                       + (" MEG clears 950 but is not ahead of WGAN-GP on both counts "
-                          f"({'more' if mm > wm else 'fewer'} modes, {'lower' if mk < wk else 'higher'} KL)."
-                          if mm >= 950 and not met else
-                          " MEG is ahead of WGAN-GP on both counts (more modes, lower KL) but below 950."
-                          if mm > wm and mk < wk and not met else "")]
+        md += cpu_goal(cpu)
         md.append("")
     if old_cpu is not None:
         res, t = old_cpu["results"], old_cpu["settings"]["train"]

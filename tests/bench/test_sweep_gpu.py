@@ -8,6 +8,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -197,8 +198,31 @@ def test_cpu_rows_group_seeds_by_tag(tmp_path: Path) -> None:
     assert row["config"] == "meg_lr1e-3_w0.03" and row["modes_each"] == [940, 960]
     assert row["agg"]["modes_covered"]["mean"] == 950 and row["train_cpu_min"] == [290.0 / 60] * 2
     md = sweep.render_stacked([("round 1", _fake_sweep({"wgan_gp": [900]}, {"wgan_gp": 1.0}))], [row], None)
-    assert "| `meg_lr1e-3_w0.03` | MEG (entropy weight 0.03, λ 100 on data) | 0.001 | 950 ± 14 |" in md
+    assert "| `meg_lr1e-3_w0.03` | MEG (entropy weight 0.03, λ 100 on data) | 0.001 | 2000 | 950 ± 14 |" in md
     assert "≤ 4.8 CPU-minutes (within the issue's 15)" in md
+
+
+def _cpu_row(config: str, method: str, modes: list[int], kl: float, steps: int = 2000) -> dict[str, Any]:
+    return {"config": config, "method": method, "seeds": list(range(len(modes))), "modes_each": modes,
+            "agg": {"modes_covered": {"mean": sum(modes) / len(modes), "std": None},
+                    "kl_modes_uniform": {"mean": kl, "std": None}},
+            "steps": [steps] * len(modes), "gp_weight": 10.0,
+            "settings": {"lr": 1e-3, "entropy_weight": 0.03, "gp_weight": 10.0, "entropy": "jsd"}}
+
+
+def test_cpu_goal_pairs_rows_by_lr_and_steps_and_names_the_winner() -> None:
+    rows = [_cpu_row("wgan", "wgan_gp", [980, 990], 0.35), _cpu_row("meg_a", "meg", [990, 996], 0.30),
+            _cpu_row("meg_b", "meg", [990, 996], 0.40), _cpu_row("meg_low", "meg", [900, 940], 0.30),
+            _cpu_row("meg_4k", "meg", [999, 999], 0.10, steps=4000)]
+    (para,) = [line for line in sweep.cpu_goal(rows) if line]
+    assert para.startswith("**lr 0.001, 2000 steps: the goal is met by `meg_a`.**")
+    assert "`meg_b` 993 modes, KL 0.400 (2 seed(s); more modes, higher KL)" in para
+    assert "(2 seed(s); ahead on both counts, below 950)" not in para  # meg_low has fewer modes
+    assert "`meg_low` 920 modes, KL 0.300 (2 seed(s); fewer modes, lower KL)" in para
+    assert "meg_4k" not in para  # another step count is another budget
+    lose = [_cpu_row("wgan", "wgan_gp", [999], 0.1), _cpu_row("meg_a", "meg", [990], 0.3)]
+    assert "the goal is not met.**" in sweep.cpu_goal(lose)[1]
+    assert "JSD estimator" in sweep._cpu_method(rows[1])
 
 
 def test_stored_rounds_render_their_summaries() -> None:
