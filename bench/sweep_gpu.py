@@ -759,28 +759,55 @@ def _cpu_method(row: dict[str, Any]) -> str:
             f"on {t.get('gp_on', 'data')})")
 
 
-def cpu_goal(cpu: list[dict[str, Any]]) -> list[str]:
-    """The goal at an equal CPU budget, one paragraph per WGAN-GP row: every MEG row with its
-    lr and steps, and which of them (if any) covers more modes with a lower KL and ≥ 950."""
-    md: list[str] = []
+def cpu_verdicts(cpu: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The goal at an equal CPU budget, per WGAN-GP row: the MEG rows with the same lr and
+    steps, each marked ahead (more modes and a lower KL) and, when also ≥ 950, a winner."""
+    out = []
     for w in [r for r in cpu if r["method"] == "wgan_gp"]:
         key = (w["settings"]["lr"], _steps_of(w))
-        megs = [m for m in cpu if m["method"] == "meg" and (m["settings"]["lr"], _steps_of(m)) == key]
+        megs = sorted((m for m in cpu if m["method"] == "meg" and (m["settings"]["lr"], _steps_of(m)) == key),
+                      key=lambda m: -mean_of(m, "modes_covered"))
         if not megs:
             continue
         wm, wk = mean_of(w, "modes_covered"), mean_of(w, "kl_modes_uniform")
-        parts, winners = [], []
-        for m in sorted(megs, key=lambda m: -mean_of(m, "modes_covered")):
-            mm, mk = mean_of(m, "modes_covered"), mean_of(m, "kl_modes_uniform")
-            ahead = mm > wm and mk < wk
-            if ahead and mm >= 950:
-                winners.append(m["config"])
-            verdict = ("ahead on both counts" + ("" if mm >= 950 else ", below 950") if ahead
-                       else f"{'more' if mm > wm else 'fewer'} modes, {'lower' if mk < wk else 'higher'} KL")
+        marks = [(m, mean_of(m, "modes_covered") > wm, mean_of(m, "kl_modes_uniform") < wk) for m in megs]
+        out.append({"wgan": w, "lr": key[0], "steps": key[1], "megs": marks,
+                    "winners": [m for m, more, lower in marks if more and lower and mean_of(m, "modes_covered") >= 950]})
+    return out
+
+
+def cpu_headline(cpu: list[dict[str, Any]]) -> str:
+    """The CPU goal in one statement: the winning MEG rows, or the closest one."""
+    verdicts = cpu_verdicts(cpu)
+    won = [(v, m) for v in verdicts for m in v["winners"]]
+    pairs = won or [(v, m) for v in verdicts for m, _, _ in v["megs"][:1]]
+    head = ("**Goal at an equal CPU budget (this repo's 2-core machine, ≤ 15 CPU-min a model): "
+            + ("met" if won else "not met") + ".**")
+    if not pairs:
+        return head + " No MEG row shares a WGAN-GP row's lr and steps."
+    said = "; ".join(
+        f"{_cpu_method(m)} at lr {v['lr']:g}, {v['steps']} steps (`{m['config']}`): "
+        f"{_pm(m['agg'], 'modes_covered', '.0f')} modes, KL {_pm(m['agg'], 'kl_modes_uniform', '.3f')} "
+        f"over {len(m['seeds'])} seeds, against WGAN-GP's {_pm(v['wgan']['agg'], 'modes_covered', '.0f')}, "
+        f"KL {_pm(v['wgan']['agg'], 'kl_modes_uniform', '.3f')} over {len(v['wgan']['seeds'])} seeds"
+        for v, m in pairs)
+    return head + (" " if won else " Closest, by modes: ") + said + " (the CPU table below)."
+
+
+def cpu_goal(cpu: list[dict[str, Any]]) -> list[str]:
+    """One paragraph per WGAN-GP row of the equal-CPU-budget runs (cpu_verdicts), every MEG
+    row at its lr and steps beside it."""
+    md: list[str] = []
+    for v in cpu_verdicts(cpu):
+        w, parts = v["wgan"], []
+        for m, more, lower in v["megs"]:
+            verdict = (("ahead on both counts" + ("" if mean_of(m, "modes_covered") >= 950 else ", below 950"))
+                       if more and lower else f"{'more' if more else 'fewer'} modes, {'lower' if lower else 'higher'} KL")
             parts.append(f"`{m['config']}` {_pm(m['agg'], 'modes_covered', '.0f')} modes, KL "
                          f"{_pm(m['agg'], 'kl_modes_uniform', '.3f')} ({len(m['seeds'])} seed(s); {verdict})")
-        md += ["", f"**lr {key[0]:g}, {key[1]} steps: the goal is "
-               + (f"met by {', '.join(f'`{c}`' for c in winners)}.**" if winners else "not met.**")
+        winners = ", ".join(f"`{m['config']}`" for m in v["winners"])
+        md += ["", f"**lr {v['lr']:g}, {v['steps']} steps: the goal is "
+               + (f"met by {winners}.**" if winners else "not met.**")
                + f" WGAN-GP (`{w['config']}`) {_pm(w['agg'], 'modes_covered', '.0f')} modes, KL "
                f"{_pm(w['agg'], 'kl_modes_uniform', '.3f')} ({len(w['seeds'])} seed(s)); MEG: "
                + "; ".join(parts) + "."]
@@ -852,6 +879,9 @@ def render_stacked(sweeps: list[tuple[str, dict[str, Any]]], cpu: list[dict[str,
                 + ("Level on modes, " if abs(mm - wm) < 5 else "")
                 + ("MEG's KL is higher." if mk >= wk else "MEG's KL is lower.")
                 + f" Without round 7: {brief(best_meg)} against {brief(w)}.")
+    if cpu:
+        lines.append(cpu_headline(cpu))
+    if best_meg is not None:
         data_megs = [r for r in megs if r["gp_on"] == "data" and r["lr"] == best_meg["lr"]
                      and r["entropy"] == best_meg["entropy"]
                      and r["entropy_weight"] == best_meg["entropy_weight"]]

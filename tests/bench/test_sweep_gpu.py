@@ -223,6 +223,11 @@ def test_cpu_goal_pairs_rows_by_lr_and_steps_and_names_the_winner() -> None:
     lose = [_cpu_row("wgan", "wgan_gp", [999], 0.1), _cpu_row("meg_a", "meg", [990], 0.3)]
     assert "the goal is not met.**" in sweep.cpu_goal(lose)[1]
     assert "JSD estimator" in sweep._cpu_method(rows[1])
+    head = sweep.cpu_headline(rows)
+    assert head.startswith("**Goal at an equal CPU budget") and ": met.**" in head and "`meg_a`" in head
+    assert "`meg_b`" not in head
+    head = sweep.cpu_headline(lose)
+    assert ": not met.** Closest, by modes: " in head and "`meg_a`): 990 modes" in head
 
 
 def test_stored_rounds_render_their_summaries() -> None:
