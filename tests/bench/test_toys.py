@@ -33,6 +33,19 @@ def test_goal_needs_95_percent_every_mode_and_meg_not_behind() -> None:
     assert "not met" in line and "ahead of" in line
 
 
+def test_an_ablation_with_three_seeds_at_the_same_steps_is_judged_against_the_same_wgan() -> None:
+    full = _result([0.96, 0.96, 0.96], [0.975, 0.975, 0.98], [8, 8, 8], steps={"8gaussians": 9000})
+    ab = _result([0.975, 0.972, 0.978], [0.0, 0.0, 0.0], [8, 8, 8], steps={"8gaussians": 9000},
+                 seeds=[0, 1, 2], overrides=["train.entropy=jsd"])
+    main, line = toys.verdict(full, {"jsd": ab})
+    assert main.startswith("- **8gaussians: not met.**")
+    assert line.startswith("- **8gaussians, ablation `jsd` (`train.entropy=jsd`): met.**")
+    assert "WGAN-GP 97.7%: MEG is level with it" in line  # its own WGAN-GP fields are not read
+    short = {**ab, "steps": {"8gaussians": 3000}}
+    assert toys.verdict(full, {"jsd": short}) == [main]  # another budget is not comparable
+    assert toys.verdict(full, {"jsd": {**ab, "seeds": [0]}}) == [main]
+
+
 def test_overrides_come_from_the_result_or_its_command() -> None:
     assert toys.overrides_of({"overrides": ["train.gp_on=interpolates"], "command": ""}) == [
         "train.gp_on=interpolates"]
