@@ -233,7 +233,17 @@ def main() -> None:
     p.add_argument("--no-wgan", action="store_true",
                    help="MEG only (an ablation beside a full run): writes toys_TAG.json, not the docs")
     p.add_argument("--tag", default="", help="--no-wgan: the results file is bench/results/toys_TAG.json")
+    p.add_argument("--merge", default="", metavar="TAG_A,TAG_B,...",
+                   help="only merge the --no-wgan results of these tags (one process per seed) into "
+                        "toys_TAG.json, --tag naming the merged file")
     args = p.parse_args()
+    if args.merge:
+        if not args.tag:
+            p.error("--merge needs --tag (the merged file is bench/results/toys_TAG.json)")
+        parts = {t: json.loads((RESULTS / f"toys_{t}.json").read_text()) for t in args.merge.split(",") if t}
+        path = save_json(f"toys_{args.tag}", merge_results(parts))
+        print(f"wrote {path} from {len(parts)} parts")
+        return
     if args.render:
         write_section("toys", render_section(json.loads((RESULTS / "toys.json").read_text()),
                                              ablation_results()))
@@ -326,12 +336,35 @@ def overrides_of(result: dict[str, Any]) -> list[str]:
 
 
 def ablation_results() -> dict[str, dict[str, Any]]:
-    """MEG-only ablation runs (`--no-wgan --tag T`) saved beside the full run: {T: result}."""
+    """MEG-only ablation runs (`--no-wgan --tag T`) saved beside the full run: {T: result},
+    less the parts that a `--merge` file already holds."""
     out = {}
     for path in sorted(RESULTS.glob("toys_*.json")):
         if path.stem != "toys_quick":
             out[path.stem.removeprefix("toys_")] = json.loads(path.read_text())
-    return out
+    merged = {t for r in out.values() for t in r.get("merged_from", [])}
+    return {t: r for t, r in out.items() if t not in merged}
+
+
+def merge_results(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One ablation result from MEG-only runs of the same settings in separate processes
+    (one seed each, say, to use every core): runs concatenated, summary recomputed."""
+    first = next(iter(parts.values()))
+    same = ("steps", "mala_steps", "temperatures", "n_samples")
+    for tag, r in parts.items():
+        diff = [k for k in same if r[k] != first[k]] + (["overrides"] if overrides_of(r) != overrides_of(first) else [])
+        if diff:
+            raise SystemExit(f"--merge: toys_{tag}.json differs from the first part in {', '.join(diff)}")
+    runs = sorted((run for r in parts.values() for run in r["runs"]), key=lambda x: (x["dataset"], x["seed"]))
+    if len({(run["dataset"], run["seed"]) for run in runs}) != len(runs):
+        raise SystemExit("--merge: a seed appears in more than one part")
+    seeds = sorted({run["seed"] for run in runs})
+    methods = [m for m in first["summary"][next(iter(first["summary"]))]]
+    summary = {name: {m: aggregate([run[m] for run in runs if run["dataset"] == name]) for m in methods}
+               for name in first["summary"]}
+    return {**first, "command": "; ".join(r["command"] for r in parts.values()),
+            "wall_seconds": max(r["wall_seconds"] for r in parts.values()), "seeds": seeds,
+            "overrides": overrides_of(first), "summary": summary, "runs": runs, "merged_from": list(parts)}
 
 
 def _goal_line(title: str, by: dict[str, Any], megs: list[dict[str, Any]], wg: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ MEG-only ablations appear beside the full run with their overrides."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -51,3 +52,29 @@ def test_overrides_come_from_the_result_or_its_command() -> None:
         "train.gp_on=interpolates"]
     cmd = "python bench/toys.py --only 8gaussians --set train.gp_on=interpolates --no-wgan --set 'a.b=1 2'"
     assert toys.overrides_of({"command": cmd}) == ["train.gp_on=interpolates", "a.b=1 2"]
+
+
+def _part(seed: int, hq: float, **kw) -> dict:
+    r = _result([hq], [0.0], [8], steps={"8gaussians": 9000}, seeds=[seed], mala_steps=300,
+                temperatures=[1.0], n_samples=2500, overrides=["train.entropy=jsd"],
+                command=f"bench/toys.py --seeds {seed}", wall_seconds=10.0 + seed)
+    r["runs"][0]["seed"] = seed
+    r["summary"]["8gaussians"].pop("wgan_gp")
+    for run in r["runs"]:
+        run.pop("wgan_gp")
+    return {**r, **kw}
+
+
+def test_merge_pools_one_seed_parts_and_hides_them_from_the_ablations(tmp_path: Path, monkeypatch) -> None:
+    merged = toys.merge_results({"a": _part(0, 0.96), "b": _part(1, 0.97), "c": _part(2, 0.98)})
+    monkeypatch.setattr(toys, "RESULTS", tmp_path)
+    for tag, r in {"a": _part(0, 0.96), "jsd": merged, "other": _part(5, 0.9)}.items():
+        (tmp_path / f"toys_{tag}.json").write_text(json.dumps(r))
+    assert sorted(toys.ablation_results()) == ["jsd", "other"]
+    assert merged["seeds"] == [0, 1, 2] and merged["merged_from"] == ["a", "b", "c"]
+    assert merged["summary"]["8gaussians"]["meg"]["high_quality_fraction"]["mean"] == pytest.approx(0.97)
+    assert merged["wall_seconds"] == 12.0 and merged["command"].count("bench/toys.py") == 3
+    with pytest.raises(SystemExit, match="differs from the first part in steps"):
+        toys.merge_results({"a": _part(0, 0.96), "b": _part(1, 0.97, steps={"8gaussians": 3000})})
+    with pytest.raises(SystemExit, match="more than one part"):
+        toys.merge_results({"a": _part(0, 0.96), "b": _part(0, 0.97)})
