@@ -15,9 +15,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine_info, machine_line, save_json, table, write_section  # noqa: E402
+from common import RESULTS, ROOT, machine_info, machine_line, save_json, table, write_section  # noqa: E402
 
 METRICS = {
     "kddcup99": ["precision", "recall", "f1", "auroc"],
@@ -47,7 +48,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="kddcup99,25gaussians", help="comma-separated recipes")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--render", action="store_true",
+                   help="only rewrite the docs section from bench/results/recipes.json")
     args = p.parse_args()
+    if args.render:
+        saved = json.loads((RESULTS / "recipes.json").read_text())
+        only = saved.get("only") or ",".join(dict.fromkeys(r["recipe"] for r in saved["results"]))
+        seeds = saved.get("seeds") or ",".join(str(s) for s in dict.fromkeys(r["seed"] for r in saved["results"]))
+        write_section("recipes", section(saved["machine"], saved["results"], f"--only {only} --seeds {seeds}",
+                                         recipe_steps(saved["results"])))
+        print("updated docs/benchmarks.md (recipes)")
+        return
     info = machine_info()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,21 +68,37 @@ def main() -> None:
                 r = run(recipe, seed, Path(tmp))
                 print(f"  {r['wall_seconds']} s  {json.dumps({k: r['metrics'].get(k) for k in METRICS.get(recipe, [])})}", flush=True)
                 results.append(r)
-    save_json("recipes", {"machine": info, "results": results})
-    rows = []
+    save_json("recipes", {"machine": info, "results": results, "only": args.only, "seeds": args.seeds})
+    write_section("recipes", section(info, results, f"--only {args.only} --seeds {args.seeds}", recipe_steps(results)))
+
+
+def recipe_steps(results: list[dict[str, Any]]) -> dict[str, int]:
+    """Each measured recipe's step count as its file says today."""
+    from training.config import load_recipe
+
+    return {r["recipe"]: load_recipe(r["recipe"]).train.steps for r in results}
+
+
+def section(info: dict[str, Any], results: list[dict[str, Any]], args: str, steps_now: dict[str, int]) -> str:
+    """The `recipes` section; a row whose recipe has since changed its step count says so,
+    since its figures then describe an older recipe."""
+    rows, stale = [], set()
     for r in results:
         m = r["metrics"]
         shown = ", ".join(f"{k} {m[k]:.3f}" if isinstance(m.get(k), float) else f"{k} {m.get(k)}"
                           for k in METRICS.get(r["recipe"], []) if k in m)
+        now = steps_now.get(r["recipe"], r["steps"])
+        if now != r["steps"]:
+            stale.add(r["recipe"])
+            shown += f" (older recipe: it now trains {now} steps)"
         rows.append([f"`{r['command']}`", r["steps"], r["wall_seconds"], shown])
-    write_section("recipes", "\n".join([
-        "## Training recipes (the training issue's targets)",
-        "",
-        f"Machine: {machine_line(info)}. Regenerate: `.venv/bin/python bench/recipes.py "
-        f"--only {args.only} --seeds {args.seeds}`.",
-        "",
-        table(["command", "steps", "wall time (s)", "final metrics"], rows),
-    ]))
+    md = ["## Training recipes (the training issue's targets)", "",
+          f"Machine: {machine_line(info)}. Regenerate: `.venv/bin/python bench/recipes.py {args}`.", "",
+          table(["command", "steps", "wall time (s)", "final metrics"], rows)]
+    if stale:
+        md += ["", f"Rows of {', '.join(sorted(stale))} were measured before the recipe changed its step "
+               "count (`bench/recipes.py --render` marks them); rerun the command above for current figures."]
+    return "\n".join(md)
 
 
 if __name__ == "__main__":
