@@ -335,6 +335,25 @@ def overrides_of(result: dict[str, Any]) -> list[str]:
     return [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set"]
 
 
+# Settings that do not change what the toys bench trains or samples (eval MALA is off here).
+_NOT_COMPARED = {"seed", "num_threads", "device", "eval_mcmc_temperature"}
+
+
+def recipe_changes(result: dict[str, Any]) -> dict[str, list[str]]:
+    """Per toy, the recipe settings that differ today from those the saved run trained with
+    (`section.key old → new`), so that a table from an older recipe says so."""
+    args = argparse.Namespace(threads=result.get("threads", 1), steps=0, set=overrides_of(result))
+    out: dict[str, list[str]] = {}
+    for name, saved in result["settings"].items():
+        now = configure(name, 0, args).to_dict()
+        diffs = [f"`{sec}.{k}` {v!s} → {now[sec].get(k)!s}"
+                 for sec in ("model", "train") for k, v in saved[sec].items()
+                 if k not in _NOT_COMPARED and now[sec].get(k) != v]
+        if diffs:
+            out[name] = diffs
+    return out
+
+
 def ablation_results() -> dict[str, dict[str, Any]]:
     """MEG-only ablation runs (`--no-wgan --tag T`) saved beside the full run: {T: result},
     less the parts that a `--merge` file already holds."""
@@ -456,6 +475,9 @@ def render_section(result: dict[str, Any], ablations: dict[str, dict[str, Any]])
         "",
         *verdict(result, ablations),
         "",
+        *[line for name, d in recipe_changes(result).items()
+          for line in (f"The {name} recipe has changed since this run ({', '.join(d)}): the rows "
+                       "above describe the recipe as it was.", "")],
         f"![samples over energy contours]({Path(result['plot']).relative_to('docs')}) "
         "(first seed; raw numbers in `bench/results/toys.json`).",
     ]

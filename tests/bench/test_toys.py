@@ -78,3 +78,14 @@ def test_merge_pools_one_seed_parts_and_hides_them_from_the_ablations(tmp_path: 
         toys.merge_results({"a": _part(0, 0.96), "b": _part(1, 0.97, steps={"8gaussians": 3000})})
     with pytest.raises(SystemExit, match="more than one part"):
         toys.merge_results({"a": _part(0, 0.96), "b": _part(0, 0.97)})
+
+
+def test_a_recipe_changed_since_the_run_is_named_with_its_settings() -> None:
+    import argparse
+
+    cfg = toys.configure("8gaussians", 0, argparse.Namespace(threads=1, steps=0, set=[])).to_dict()
+    assert toys.recipe_changes({"settings": {"8gaussians": cfg}, "threads": 1, "overrides": []}) == {}
+    old = {"model": cfg["model"], "train": {**cfg["train"], "entropy_weight": 0.5, "seed": 7,
+                                             "eval_mcmc_temperature": 0.3}}
+    changes = toys.recipe_changes({"settings": {"8gaussians": old}, "threads": 1, "overrides": []})
+    assert changes == {"8gaussians": [f"`train.entropy_weight` 0.5 → {cfg['train']['entropy_weight']}"]}
