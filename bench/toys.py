@@ -241,7 +241,9 @@ def main() -> None:
         if not args.tag:
             p.error("--merge needs --tag (the merged file is bench/results/toys_TAG.json)")
         parts = {t: json.loads((RESULTS / f"toys_{t}.json").read_text()) for t in args.merge.split(",") if t}
-        path = save_json(f"toys_{args.tag}", merge_results(parts))
+        merged = merge_results(parts)
+        merged["merge_command"] = f".venv/bin/python bench/toys.py --merge {args.merge} --tag {args.tag}"
+        path = save_json(f"toys_{args.tag}", merged)
         print(f"wrote {path} from {len(parts)} parts")
         return
     if args.render:
@@ -491,8 +493,11 @@ def render_section(result: dict[str, Any], ablations: dict[str, dict[str, Any]])
                     f"`{tag}`", row[0], " ".join(f"`{o}`" for o in overrides_of(ab)) or "(recipe)",
                     str(ab["steps"][row[0]]), ",".join(map(str, ab["seeds"])), row[1], row[2], row[3], row[4],
                 ]) + " |")
-            md.append("")
-        md += ["Commands: " + "; ".join(f"`{ab['command']}`" for ab in ablations.values()) + "."]
+        md += ["", "Commands:", ""]
+        for tag, ab in ablations.items():
+            cmds = "; ".join(f"`{c}`" for c in ab["command"].split("; "))
+            merge = f", then `{ab['merge_command']}`" if ab.get("merge_command") else ""
+            md.append(f"- `{tag}`: {cmds}{merge}")
     return "\n".join(md)
 
 
