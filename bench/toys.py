@@ -380,7 +380,7 @@ def merge_results(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if len({(run["dataset"], run["seed"]) for run in runs}) != len(runs):
         raise SystemExit("--merge: a seed appears in more than one part")
     seeds = sorted({run["seed"] for run in runs})
-    methods = [m for m in first["summary"][next(iter(first["summary"]))]]
+    methods = list(next(iter(first["summary"].values())))
     summary = {name: {m: aggregate([run[m] for run in runs if run["dataset"] == name]) for m in methods}
                for name in first["summary"]}
     return {**first, "command": "; ".join(r["command"] for r in parts.values()),
