@@ -733,7 +733,7 @@ def cpu_rows(paths: list[Path]) -> list[dict[str, Any]]:
 
         rows.append({
             "config": tag.removeprefix("cpu_"), "method": method, "seeds": [d["args"]["seed"] for d in runs],
-            "modes_each": [r["modes_covered"] for r in res],
+            "modes_each": [r["modes_covered"] for r in res], "kl_each": [r["kl_modes_uniform"] for r in res],
             "agg": {k: stat(k) for k in ("modes_covered", "modes_covered_10", "kl_modes_uniform")},
             "train_min": [r["train_seconds"] / 60 for r in res],
             "train_cpu_min": [r["train_cpu_seconds"] / 60 for r in res],
@@ -806,7 +806,23 @@ def cpu_headline(cpu: list[dict[str, Any]]) -> str:
         f"over {len(m['seeds'])} seeds, against WGAN-GP's {_pm(v['wgan']['agg'], 'modes_covered', '.0f')}, "
         f"KL {_pm(v['wgan']['agg'], 'kl_modes_uniform', '.3f')} over {len(v['wgan']['seeds'])} seeds"
         for v, m in pairs)
-    return head + (" " if won else " Closest, by modes: ") + said + " (the CPU table below)."
+    paired = [p for p in (_paired(m, v["wgan"]) for v, m in pairs) if p]
+    return (head + (" " if won else " Closest, by modes: ") + said + " (the CPU table below)."
+            + "".join(" " + p for p in paired))
+
+
+def _paired(meg: dict[str, Any], wgan: dict[str, Any]) -> str:
+    """MEG minus WGAN-GP seed by seed (a seed fixes the classifier and the training triples),
+    where both rows ran the same seeds; empty otherwise."""
+    common = [s for s in meg["seeds"] if s in wgan["seeds"]]
+    if len(common) < 2 or "kl_each" not in meg or "kl_each" not in wgan:
+        return ""
+    mi, wi = ({s: i for i, s in enumerate(r["seeds"])} for r in (meg, wgan))
+    modes = [meg["modes_each"][mi[s]] - wgan["modes_each"][wi[s]] for s in common]
+    kls = [meg["kl_each"][mi[s]] - wgan["kl_each"][wi[s]] for s in common]
+    return (f"Seed by seed (`{meg['config']}` minus WGAN-GP; a seed fixes the classifier and the "
+            f"training triples): {', '.join(f'{d:+d}' for d in modes)} modes, "
+            f"{', '.join(f'{d:+.3f}' for d in kls)} KL.")
 
 
 def cpu_goal(cpu: list[dict[str, Any]]) -> list[str]:

@@ -238,6 +238,10 @@ def test_cpu_goal_pairs_rows_by_lr_and_steps_and_names_the_winner() -> None:
     assert "`meg_b`" not in head
     head = sweep.cpu_headline(lose)
     assert ": not met.** Closest, by modes: " in head and "`meg_a`): 990 modes" in head
+    assert "Seed by seed" not in head  # one seed each: nothing to pair
+    a, w = (_cpu_row("meg_a", "meg", [990, 996, 980], 0.3), _cpu_row("wgan", "wgan_gp", [992, 990], 0.3))
+    a["kl_each"], w["kl_each"], w["seeds"] = [0.3, 0.2, 0.4], [0.25, 0.35], [0, 2]
+    assert sweep._paired(a, w).endswith("training triples): -2, -10 modes, +0.050, +0.050 KL.")
 
 
 def test_stored_rounds_render_their_summaries() -> None:
