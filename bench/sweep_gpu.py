@@ -1043,6 +1043,9 @@ def render_stacked(sweeps: list[tuple[str, dict[str, Any]]], cpu: list[dict[str,
                "Commands (the seed by `--seed`; run with `OMP_NUM_THREADS=1`):", ""]
         for r in cpu:
             md.append(f"- `{r['config']}`: `{r['command']}`")
+        if any(r["command"].count("--steps ") > 1 for r in cpu):
+            md += ["", "Where a command gives `--steps` twice, the last one counts (argparse's rule); "
+                   "the steps column is what trained."]
         head = ["config", "method", "lr", "steps", "modes covered / 1000", "modes ≥ 10 samples",
                 "KL(modes ‖ uniform)", "seeds (modes each)", "training wall min / model",
                 "training CPU min / model", "whole run CPU min (classifier, data, sampling too)"]
