@@ -807,8 +807,14 @@ def cpu_headline(cpu: list[dict[str, Any]]) -> str:
         f"KL {_pm(v['wgan']['agg'], 'kl_modes_uniform', '.3f')} over {len(v['wgan']['seeds'])} seeds"
         for v, m in pairs)
     paired = [p for p in (_paired(m, v["wgan"]) for v, m in pairs) if p]
+    lost = [v for v in verdicts if not v["winners"]] if won else []
     return (head + (" " if won else " Closest, by modes: ") + said + " (the CPU table below)."
-            + "".join(" " + p for p in paired))
+            + "".join(" " + p for p in paired)
+            + "".join(f" Not met at lr {v['lr']:g}, {v['steps']} steps: MEG's best (`{v['megs'][0][0]['config']}`) "
+                      f"{_pm(v['megs'][0][0]['agg'], 'modes_covered', '.0f')} modes, KL "
+                      f"{_pm(v['megs'][0][0]['agg'], 'kl_modes_uniform', '.3f')}, against WGAN-GP's "
+                      f"{_pm(v['wgan']['agg'], 'modes_covered', '.0f')}, KL "
+                      f"{_pm(v['wgan']['agg'], 'kl_modes_uniform', '.3f')}." for v in lost))
 
 
 def _paired(meg: dict[str, Any], wgan: dict[str, Any]) -> str:

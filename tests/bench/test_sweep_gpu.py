@@ -235,7 +235,9 @@ def test_cpu_goal_pairs_rows_by_lr_and_steps_and_names_the_winner() -> None:
     assert "`meg_a`: on the means only, by less than the seed spread." in sweep.cpu_goal(spread(20.0))[1]
     assert ": met.**" in sweep.cpu_headline(spread(2.0))
     assert "on the means only" not in sweep.cpu_goal(spread(2.0))[1]
-    assert "`meg_b`" not in head
+    assert "`meg_b`" not in head and "Not met at" not in head
+    other = [{**r, "settings": {**r["settings"], "lr": 2e-4}} for r in lose]
+    assert "Not met at lr 0.0002, 2000 steps: MEG's best (`meg_a`) 990 modes" in sweep.cpu_headline(rows + other)
     head = sweep.cpu_headline(lose)
     assert ": not met.** Closest, by modes: " in head and "`meg_a`): 990 modes" in head
     assert "Seed by seed" not in head  # one seed each: nothing to pair
