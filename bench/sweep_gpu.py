@@ -750,6 +750,11 @@ def _steps_of(row: dict[str, Any]) -> str:
     return ", ".join(str(n) for n in sorted(set(row["steps"])))
 
 
+def _modes_kl(row: dict[str, Any]) -> str:
+    return (f"{_pm(row['agg'], 'modes_covered', '.0f')} modes, KL "
+            f"{_pm(row['agg'], 'kl_modes_uniform', '.3f')}")
+
+
 def _cpu_method(row: dict[str, Any]) -> str:
     if row["method"] == "wgan_gp":
         return f"WGAN-GP (λ {row['gp_weight']:g})"
@@ -802,19 +807,16 @@ def cpu_headline(cpu: list[dict[str, Any]]) -> str:
         return head + " No MEG row shares a WGAN-GP row's lr and steps."
     said = "; ".join(
         f"{_cpu_method(m)} at lr {v['lr']:g}, {v['steps']} steps (`{m['config']}`): "
-        f"{_pm(m['agg'], 'modes_covered', '.0f')} modes, KL {_pm(m['agg'], 'kl_modes_uniform', '.3f')} "
-        f"over {len(m['seeds'])} seeds, against WGAN-GP's {_pm(v['wgan']['agg'], 'modes_covered', '.0f')}, "
+        f"{_modes_kl(m)} over {len(m['seeds'])} seeds, against WGAN-GP's {_pm(v['wgan']['agg'], 'modes_covered', '.0f')}, "
         f"KL {_pm(v['wgan']['agg'], 'kl_modes_uniform', '.3f')} over {len(v['wgan']['seeds'])} seeds"
         for v, m in pairs)
     paired = [p for p in (_paired(m, v["wgan"]) for v, m in pairs) if p]
-    lost = [v for v in verdicts if not v["winners"]] if won else []
+    lost = [(v, v["megs"][0][0]) for v in verdicts if not v["winners"]] if won else []
     return (head + (" " if won else " Closest, by modes: ") + said + " (the CPU table below)."
             + "".join(" " + p for p in paired)
-            + "".join(f" Not met at lr {v['lr']:g}, {v['steps']} steps: MEG's best (`{v['megs'][0][0]['config']}`) "
-                      f"{_pm(v['megs'][0][0]['agg'], 'modes_covered', '.0f')} modes, KL "
-                      f"{_pm(v['megs'][0][0]['agg'], 'kl_modes_uniform', '.3f')}, against WGAN-GP's "
-                      f"{_pm(v['wgan']['agg'], 'modes_covered', '.0f')}, KL "
-                      f"{_pm(v['wgan']['agg'], 'kl_modes_uniform', '.3f')}." for v in lost))
+            + "".join(f" Not met at lr {v['lr']:g}, {v['steps']} steps: MEG's best (`{best['config']}`) "
+                      f"{_modes_kl(best)}, against WGAN-GP's {_pm(v['wgan']['agg'], 'modes_covered', '.0f')}, "
+                      f"KL {_pm(v['wgan']['agg'], 'kl_modes_uniform', '.3f')}." for v, best in lost))
 
 
 def _paired(meg: dict[str, Any], wgan: dict[str, Any]) -> str:
@@ -840,15 +842,13 @@ def cpu_goal(cpu: list[dict[str, Any]]) -> list[str]:
         for m, more, lower in v["megs"]:
             verdict = (("ahead on both counts" + ("" if mean_of(m, "modes_covered") >= 950 else ", below 950"))
                        if more and lower else f"{'more' if more else 'fewer'} modes, {'lower' if lower else 'higher'} KL")
-            parts.append(f"`{m['config']}` {_pm(m['agg'], 'modes_covered', '.0f')} modes, KL "
-                         f"{_pm(m['agg'], 'kl_modes_uniform', '.3f')} ({len(m['seeds'])} seed(s); {verdict})")
+            parts.append(f"`{m['config']}` {_modes_kl(m)} ({len(m['seeds'])} seed(s); {verdict})")
         winners = ", ".join(f"`{m['config']}`" for m in v["winners"])
         noisy = ", ".join(f"`{c}`" for c in v["within_spread"])
         md += ["", f"**lr {v['lr']:g}, {v['steps']} steps: the goal is "
                + (f"met by {winners}.**" if winners else "not met.**")
                + (f" {noisy}: on the means only, by less than the seed spread." if noisy else "")
-               + f" WGAN-GP (`{w['config']}`) {_pm(w['agg'], 'modes_covered', '.0f')} modes, KL "
-               f"{_pm(w['agg'], 'kl_modes_uniform', '.3f')} ({len(w['seeds'])} seed(s)); MEG: "
+               + f" WGAN-GP (`{w['config']}`) {_modes_kl(w)} ({len(w['seeds'])} seed(s)); MEG: "
                + "; ".join(parts) + "."]
     return md
 
