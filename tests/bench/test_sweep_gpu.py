@@ -225,14 +225,14 @@ def test_cpu_goal_pairs_rows_by_lr_and_steps_and_names_the_winner() -> None:
     assert "JSD estimator" in sweep._cpu_method(rows[1])
     head = sweep.cpu_headline(rows)
     assert head.startswith("**Goal at an equal CPU budget") and "`meg_a`" in head
-    assert ": met on the means only, by less than the seed spread.**" in head  # no spread: no clear lead
+    assert f": met on the means only, {sweep.UNCLEAR}.**" in head  # no spread, no pairs: no clear lead
 
     def spread(modes_sd: float) -> list[dict[str, Any]]:
         return [{**r, "agg": {k: {**a, "std": modes_sd if k == "modes_covered" else 0.01}
                               for k, a in r["agg"].items()}} for r in rows]
 
     assert "met on the means only" in sweep.cpu_headline(spread(20.0))  # 8 modes ahead, std 20
-    assert "`meg_a`: on the means only, by less than the seed spread." in sweep.cpu_goal(spread(20.0))[1]
+    assert f"`meg_a`: on the means only, {sweep.UNCLEAR}." in sweep.cpu_goal(spread(20.0))[1]
     assert ": met.**" in sweep.cpu_headline(spread(2.0))
     assert "on the means only" not in sweep.cpu_goal(spread(2.0))[1]
     assert "`meg_b`" not in head and "Not met at" not in head
@@ -243,7 +243,32 @@ def test_cpu_goal_pairs_rows_by_lr_and_steps_and_names_the_winner() -> None:
     assert "Seed by seed" not in head  # one seed each: nothing to pair
     a, w = (_cpu_row("meg_a", "meg", [990, 996, 980], 0.3), _cpu_row("wgan", "wgan_gp", [992, 990], 0.3))
     a["kl_each"], w["kl_each"], w["seeds"] = [0.3, 0.2, 0.4], [0.25, 0.35], [0, 2]
-    assert sweep._paired(a, w).endswith("training triples): -2, -10 modes, +0.050, +0.050 KL.")
+    assert "training triples): -2, -10 modes, +0.050, +0.050 KL; mean -6.0 modes" in sweep._paired(a, w)
+    assert sweep._paired(a, w).endswith("+0.050 KL (+0.050 to +0.050) over 2 seeds.")
+
+
+def test_t_interval_matches_the_textbook_value() -> None:
+    # mean 2, sample sd 1, n 4: half-width t(0.975, 3) · 1 / 2 = 3.182446 / 2
+    mean, low, high = sweep.t_interval([1.0, 2.0, 2.0, 3.0])
+    sd = (2 / 3) ** 0.5
+    assert mean == 2.0 and abs((high - low) / 2 - 3.182446 * sd / 2) < 1e-5
+
+
+def test_a_consistent_paired_lead_is_a_clear_win_even_within_the_seed_spread() -> None:
+    seeds = [0, 1, 2, 3, 4]
+    w = {**_cpu_row("wgan", "wgan_gp", [950, 990, 970, 999, 960], 0.35), "kl_each": [0.5, 0.3, 0.4, 0.2, 0.45]}
+    m = {**_cpu_row("meg", "meg", [953, 992, 974, 1000, 964], 0.32), "kl_each": [0.47, 0.28, 0.36, 0.18, 0.41]}
+    for r in (w, m):  # seed spread ~20 modes: a 3-mode lead is inside it, but on every seed
+        r["agg"]["modes_covered"]["std"], r["agg"]["kl_modes_uniform"]["std"] = 20.0, 0.1
+        r["agg"]["modes_covered"]["mean"] = sum(r["modes_each"]) / 5
+    assert m["seeds"] == seeds and not sweep._beyond_spread(m, w) and sweep._paired_lead(m, w)
+    assert ": met.**" in sweep.cpu_headline([w, m])
+    noisy = {**m, "modes_each": [960, 985, 977, 1000, 964]}  # -5 on one seed: the interval spans 0
+    noisy["agg"] = {**m["agg"], "modes_covered": {"mean": sum(noisy["modes_each"]) / 5, "std": 20.0}}
+    assert not sweep._paired_lead(noisy, w)
+    assert "met on the means only, by less than the seed spread, and the seed-by-seed 95% interval" \
+        in sweep.cpu_headline([w, noisy])
+    assert not sweep._paired_lead({**m, "seeds": [0, 1, 7, 8, 9]}, w)  # two common seeds: too few
 
 
 def test_stored_rounds_render_their_summaries() -> None:
