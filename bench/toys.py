@@ -52,6 +52,7 @@ from training.train import CHECKPOINT, train  # noqa: E402
 TOYS = ("25gaussians", "8gaussians")
 N_SAMPLES = 2500
 METRICS = ("modes_covered", "high_quality_fraction", "kl_modes_uniform")
+SPILL = ("shoulder_fraction", "median_distance_std")  # where the low-quality samples lie
 LIMIT = 2.0  # plot window [-LIMIT, LIMIT]²: both toys' centres lie within ±1.42
 GRID = 150
 
@@ -95,7 +96,7 @@ def prior_samples(generator: torch.nn.Module, latent_dim: int, seed: int) -> np.
 
 def score(name: str, samples: np.ndarray) -> dict[str, Any]:
     m = toy_metrics(name, samples)
-    out = {k: m[k] for k in (*METRICS, "n_modes", "n_samples")}
+    out = {k: m[k] for k in (*METRICS, *SPILL, "n_modes", "n_samples")}
     if m["high_quality_fraction"] == 0:
         # toy_metrics' KL of all-empty bins is the KL of uniform itself (0): undefined here.
         out["kl_modes_uniform"] = float("nan")
@@ -158,12 +159,12 @@ def run_wgan(name: str, seed: int, data: Dataset, args: argparse.Namespace,
 
 def fmt_metrics(m: dict[str, Any]) -> str:
     return (f"modes {m['modes_covered']}/{m['n_modes']}, HQ {100 * m['high_quality_fraction']:.1f}%, "
-            f"KL {m['kl_modes_uniform']:.3f}")
+            f"KL {m['kl_modes_uniform']:.3f}, {100 * m.get('shoulder_fraction', float('nan')):.1f}% at 3-6 std")
 
 
-def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def aggregate(runs: list[dict[str, Any]], keys: tuple[str, ...] = METRICS) -> dict[str, dict[str, float]]:
     out = {}
-    for k in METRICS:
+    for k in keys:
         v = np.array([r[k] for r in runs], dtype=np.float64)
         out[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                   "n": len(v)}
@@ -231,10 +232,11 @@ def main() -> None:
     p.add_argument("--render", action="store_true",
                    help="only rewrite the docs section from bench/results/toys.json (+ ablations)")
     p.add_argument("--no-wgan", action="store_true",
-                   help="MEG only (an ablation beside a full run): writes toys_TAG.json, not the docs")
-    p.add_argument("--tag", default="", help="--no-wgan: the results file is bench/results/toys_TAG.json")
+                   help="MEG only (an ablation beside a full run; needs --tag)")
+    p.add_argument("--tag", default="",
+                   help="a run beside the full one: bench/results/toys_TAG.json, not the docs' main table")
     p.add_argument("--merge", default="", metavar="TAG_A,TAG_B,...",
-                   help="only merge the --no-wgan results of these tags (one process per seed) into "
+                   help="only merge the --tag results of these tags (one process per seed) into "
                         "toys_TAG.json, --tag naming the merged file")
     args = p.parse_args()
     if args.merge:
@@ -291,8 +293,8 @@ def main() -> None:
 
     summary = {name: {method: aggregate([r[method] for r in runs if r["dataset"] == name])
                       for method in methods} for name in names}
-    partial = args.quick or args.no_wgan
-    stem = "toys_quick" if args.quick else f"toys_{args.tag}" if args.no_wgan else "toys"
+    partial = args.quick or bool(args.tag)
+    stem = "toys_quick" if args.quick else f"toys_{args.tag}" if args.tag else "toys"
     img = RESULTS / f"{stem}.png" if partial else ROOT / "docs" / "img" / "toys.png"
     plot(img, names, methods, plots, data_pts, steps_used)
     cmd = "MEG_DATA_DIR=/work/shared/data .venv/bin/python bench/toys.py " + " ".join(sys.argv[1:])
@@ -408,7 +410,8 @@ def verdict(result: dict[str, Any], ablations: dict[str, dict[str, Any]] | None 
     """The issue's toy goal per toy, from a full run: MEG's generator ≥ 95% high-quality
     samples with every mode covered in every seed, and ahead of or level with WGAN-GP
     (level: behind by no more than the larger of the two seed spreads). A MEG-only ablation
-    with ≥ 3 seeds at the full run's steps is judged against the same WGAN-GP runs."""
+    with ≥ 3 seeds at the full run's steps is judged against the same WGAN-GP runs; a run
+    beside it that trained its own WGAN-GP (`--tag` without `--no-wgan`), against those."""
     lines = []
     for name, by in result["summary"].items():
         wg = by.get("wgan_gp")
@@ -419,10 +422,35 @@ def verdict(result: dict[str, Any], ablations: dict[str, dict[str, Any]] | None 
             ab_by = ab["summary"].get(name)
             if ab_by is None or len(ab["seeds"]) < 3 or ab["steps"].get(name) != result["steps"].get(name):
                 continue
-            sets = " ".join(f"`{o}`" for o in overrides_of(ab))
-            lines.append(_goal_line(f"{name}, ablation `{tag}` ({sets})", ab_by,
-                                    [r["meg"] for r in ab["runs"] if r["dataset"] == name], wg))
+            sets = " ".join(f"`{o}`" for o in overrides_of(ab)) or "the recipe"
+            own = ab_by.get("wgan_gp")  # a run with its own WGAN-GP is judged against it
+            lines.append(_goal_line(f"{name}, {'run' if own else 'ablation'} `{tag}` ({sets}"
+                                    f"{', its own WGAN-GP runs' if own else ''})", ab_by,
+                                    [r["meg"] for r in ab["runs"] if r["dataset"] == name], own or wg))
     return lines
+
+
+def spill_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Where the samples that miss 3 std fall, for the runs that measured it: 3 to 6 std
+    from a centre (a mode drawn too wide) or further (between modes); empty when none did."""
+    rows = []
+    for tag, res in results.items():
+        for name in res["summary"]:
+            for method in res["summary"][name]:
+                runs = [r[method] for r in res["runs"] if r["dataset"] == name and method in r]
+                if not runs or any(SPILL[0] not in r for r in runs):
+                    continue
+                agg = aggregate([{**r, "between": 1 - r["high_quality_fraction"] - r[SPILL[0]]} for r in runs],
+                                keys=("high_quality_fraction", *SPILL, "between"))
+                rows.append([f"`{tag}`" if tag != "(main run)" else tag, name, label(method),
+                             str(len(runs)), pm(agg["high_quality_fraction"], 100, 1),
+                             pm(agg[SPILL[0]], 100, 1), pm(agg["between"], 100, 1), pm(agg[SPILL[1]], 1, 2)])
+    if not rows:
+        return []
+    return ["", "Where the other samples fall (the data's own: 1.1% at 3 to 6 std, none between modes, "
+            "median distance √(2 ln 2) ≈ 1.18 std):", "",
+            table(["run", "toy", "method", "seeds", "within 3 std %", "3 to 6 std % (modes too wide)",
+                   "beyond 6 std % (between modes)", "median distance to a centre (std)"], rows)]
 
 
 def render_section(result: dict[str, Any], ablations: dict[str, dict[str, Any]]) -> str:
@@ -484,7 +512,8 @@ def render_section(result: dict[str, Any], ablations: dict[str, dict[str, Any]])
         "(first seed; raw numbers in `bench/results/toys.json`).",
     ]
     if ablations:
-        md += ["", "### MEG ablations beside this run (`--no-wgan`; MEG only, same scoring)", "",
+        md += ["", "### Runs beside this one (`--tag`: MEG ablations with `--no-wgan`, or replications "
+               "with WGAN-GP; same scoring)", "",
                "| ablation | toy | overrides (`--set`) | steps | seeds | method | modes covered | "
                "high quality % | KL(modes ‖ uniform) |", "|---|---|---|---|---|---|---|---|---|"]
         for tag, ab in ablations.items():
@@ -493,6 +522,7 @@ def render_section(result: dict[str, Any], ablations: dict[str, dict[str, Any]])
                     f"`{tag}`", row[0], " ".join(f"`{o}`" for o in overrides_of(ab)) or "(recipe)",
                     str(ab["steps"][row[0]]), ",".join(map(str, ab["seeds"])), row[1], row[2], row[3], row[4],
                 ]) + " |")
+        md += spill_table({"(main run)": result, **ablations})
         md += ["", "Commands:", ""]
         for tag, ab in ablations.items():
             cmds = "; ".join(f"`{c}`" for c in ab["command"].split("; "))

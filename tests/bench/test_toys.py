@@ -38,10 +38,16 @@ def test_an_ablation_with_three_seeds_at_the_same_steps_is_judged_against_the_sa
     full = _result([0.96, 0.96, 0.96], [0.975, 0.975, 0.98], [8, 8, 8], steps={"8gaussians": 9000})
     ab = _result([0.975, 0.972, 0.978], [0.0, 0.0, 0.0], [8, 8, 8], steps={"8gaussians": 9000},
                  seeds=[0, 1, 2], overrides=["train.entropy=jsd"])
+    ab["summary"]["8gaussians"].pop("wgan_gp")  # --no-wgan: MEG only
     main, line = toys.verdict(full, {"jsd": ab})
     assert main.startswith("- **8gaussians: not met.**")
     assert line.startswith("- **8gaussians, ablation `jsd` (`train.entropy=jsd`): met.**")
-    assert "WGAN-GP 97.7%: MEG is level with it" in line  # its own WGAN-GP fields are not read
+    assert "WGAN-GP 97.7%: MEG is level with it" in line  # the full run's WGAN-GP
+    rep = _result([0.96, 0.96, 0.96], [0.95, 0.95, 0.95], [8, 8, 8], steps={"8gaussians": 9000},
+                  seeds=[0, 1, 2], overrides=[])
+    _, line = toys.verdict(full, {"again": rep})  # a run with its own WGAN-GP: judged against it
+    assert line.startswith("- **8gaussians, run `again` (the recipe, its own WGAN-GP runs): met.**")
+    assert "WGAN-GP 95.0%: MEG is ahead of it" in line
     short = {**ab, "steps": {"8gaussians": 3000}}
     assert toys.verdict(full, {"jsd": short}) == [main]  # another budget is not comparable
     assert toys.verdict(full, {"jsd": {**ab, "seeds": [0]}}) == [main]
@@ -89,3 +95,17 @@ def test_a_recipe_changed_since_the_run_is_named_with_its_settings() -> None:
                                              "eval_mcmc_temperature": 0.3}}
     changes = toys.recipe_changes({"settings": {"8gaussians": old}, "threads": 1, "overrides": []})
     assert changes == {"8gaussians": [f"`train.entropy_weight` 0.5 → {cfg['train']['entropy_weight']}"]}
+
+
+def test_spill_table_splits_the_missed_samples_into_wide_modes_and_between_modes() -> None:
+    old = _result([0.96], [0.97], [8])  # stored before the split was measured: no row
+    new = _result([0.96, 0.94], [0.97, 0.97], [8, 8])
+    for run, shoulder in zip(new["runs"], [0.03, 0.01], strict=True):
+        run["meg"].update(shoulder_fraction=shoulder, median_distance_std=1.5)
+        run["wgan_gp"].update(shoulder_fraction=0.01, median_distance_std=1.1)
+    assert toys.spill_table({"(main run)": old}) == []
+    md = "\n".join(toys.spill_table({"(main run)": old, "bands": new}))
+    # MEG: 96% and 94% within 3 std, 3% and 1% at 3-6 std, so 1% and 5% between modes
+    assert "| `bands` | 8gaussians | MEG: samples of G | 2 | 95.0 ± 1.4 | 2.0 ± 1.4 | 3.0 ± 2.8 | 1.50 ± 0.00 |" in md
+    assert "| `bands` | 8gaussians | WGAN-GP (same nets, budget) | 2 | 97.0 ± 0.0 | 1.0 ± 0.0 | 2.0 ± 0.0 |" in md
+    assert "(main run)" not in md

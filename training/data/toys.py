@@ -37,6 +37,7 @@ _CIRCLE_UNIT = np.array(
 
 MIN_SAMPLES_PER_MODE = 20
 HQ_STDS = 3.0
+SHOULDER_STDS = 6.0  # 3 to 6 std from a centre: a mode drawn too wide (not a sample between modes)
 KL_EPS = 1e-10
 VAL_SIZE = 5_000
 SELECT_SIZE = 2_048
@@ -163,8 +164,11 @@ def toy_metrics(name: str, samples: np.ndarray) -> dict[str, Any]:
 
     Gaussian mixtures: ``modes_covered`` (modes with >= 20 high-quality samples),
     ``n_modes``, ``high_quality_fraction`` (share within 3 std of the nearest centre),
-    ``kl_modes_uniform`` (KL of the high-quality mode frequencies to uniform), plus
-    ``n_samples``. Swiss roll (no modes): the roll's parameter range is cut into 10
+    ``kl_modes_uniform`` (KL of the high-quality mode frequencies to uniform),
+    ``shoulder_fraction`` (share 3 to 6 std from the nearest centre: modes drawn too wide;
+    the rest of the low-quality share lies between modes) and ``median_distance_std``
+    (median distance to the nearest centre in std; the data's own is √(2 ln 2) ≈ 1.18),
+    plus ``n_samples``. Swiss roll (no modes): the roll's parameter range is cut into 10
     segments and the same quantities are reported as ``segments_covered``,
     ``n_segments``, ``high_quality_fraction`` (within 3 noise std of the noise-free
     curve), ``kl_segments_uniform`` and ``mean_curve_distance``.
@@ -189,6 +193,8 @@ def toy_metrics(name: str, samples: np.ndarray) -> dict[str, Any]:
         "modes_covered": int((counts >= MIN_SAMPLES_PER_MODE).sum()),
         "high_quality_fraction": float(hq.mean()) if len(x) else 0.0,
         "kl_modes_uniform": _kl_uniform(counts),
+        "shoulder_fraction": float((finite & ~hq & (dist <= SHOULDER_STDS * std)).mean()) if len(x) else 0.0,
+        "median_distance_std": float(np.median(np.where(finite, dist, np.inf)) / std) if len(x) else float("nan"),
     }
 
 

@@ -89,6 +89,23 @@ def test_metrics_on_real_data(name, k):
     assert m["n_samples"] == 2_500
 
 
+@pytest.mark.parametrize("name", ["25gaussians", "8gaussians"])
+def test_shoulder_and_median_distance_have_the_gaussian_answers(name):
+    x = sample_toy(name, 20_000, seed=3)
+    m = toy_metrics(name, x)
+    # 2-D Gaussian radius r/σ: P(3 < r ≤ 6) = exp(-4.5) - exp(-18) = 1.11%; median √(2 ln 2)
+    assert abs(m["shoulder_fraction"] - (math.exp(-4.5) - math.exp(-18))) < 0.003
+    assert abs(m["median_distance_std"] - math.sqrt(2 * math.log(2))) < 0.03
+    centres = toy_centres(name)
+    wide = centres[0] + np.random.default_rng(0).normal(0, 2 * toy_std(name), size=x.shape)
+    w = toy_metrics(name, wide)  # one mode drawn twice too wide: P(1.5 < r/2σ ≤ 3)
+    assert abs(w["shoulder_fraction"] - (math.exp(-9 / 8) - math.exp(-4.5))) < 0.01
+    assert abs(w["median_distance_std"] - 2 * math.sqrt(2 * math.log(2))) < 0.05
+    between = (centres[0] + centres[1]) / 2  # halfway between two modes: neither HQ nor shoulder
+    b = toy_metrics(name, np.repeat(between[None], 100, axis=0))
+    assert b["high_quality_fraction"] == 0.0 and b["shoulder_fraction"] == 0.0
+
+
 def test_metrics_see_collapse():
     x = sample_toy("25gaussians", 10_000, seed=0)
     centres = toy_centres("25gaussians")
