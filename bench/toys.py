@@ -399,11 +399,14 @@ def _goal_line(title: str, by: dict[str, Any], megs: list[dict[str, Any]], wg: d
     spread = 100 * max(meg["high_quality_fraction"].get("std") or 0.0, wg["high_quality_fraction"].get("std") or 0.0)
     standing = "ahead of" if m > w else "level with" if w - m <= spread else "behind"
     met = m >= 95.0 and all_modes and standing != "behind"
-    mala = [(k, 100 * v["high_quality_fraction"]["mean"]) for k, v in by.items() if k.startswith("meg_mala")]
+    n = megs[0]["n_modes"] if megs else 0
+    mala = [(k, f"{100 * v['high_quality_fraction']['mean']:.1f}%"
+             + (f" ({v['modes_covered']['mean']:.1f}/{n} modes)" if v["modes_covered"]["mean"] < n else ""))
+            for k, v in by.items() if k.startswith("meg_mala")]
     return (f"- **{title}: {'met' if met else 'not met'}.** MEG's generator {m:.1f}% high quality, "
             f"{'every' if all_modes else 'not every'} mode covered in every seed; WGAN-GP {w:.1f}%: MEG is "
             f"{standing} it (seed spread {spread:.1f} points)"
-            + ("; with latent MALA " + ", ".join(f"{label(k).split(', ')[-1]} {v:.1f}%" for k, v in mala) if mala else "")
+            + ("; with latent MALA " + ", ".join(f"{label(k).split(', ')[-1]} {v}" for k, v in mala) if mala else "")
             + ".")
 
 

@@ -48,6 +48,12 @@ def test_an_ablation_with_three_seeds_at_the_same_steps_is_judged_against_the_sa
     _, line = toys.verdict(full, {"again": rep})  # a run with its own WGAN-GP: judged against it
     assert line.startswith("- **8gaussians, run `again` (the recipe, its own WGAN-GP runs): met.**")
     assert "WGAN-GP 95.0%: MEG is ahead of it" in line
+    stuck = _result([0.96, 0.96, 0.96], [0.95, 0.95, 0.95], [8, 8, 8], steps={"8gaussians": 9000},
+                    seeds=[0, 1, 2], overrides=[])
+    stuck["summary"]["8gaussians"]["meg_mala_T1"] = toys.aggregate(
+        [{"modes_covered": m, "high_quality_fraction": 0.959, "kl_modes_uniform": 0.9} for m in (4, 4, 5)])
+    _, line = toys.verdict(full, {"stuck": stuck})
+    assert line.endswith("; with latent MALA T=1 95.9% (4.3/8 modes).")  # MALA's lost modes are said
     same = {**full, "seeds": [0, 1, 2]}  # the full run again, bit for bit: nothing new to judge
     assert toys.verdict(full, {"same": same}) == [main]
     short = {**ab, "steps": {"8gaussians": 3000}}
