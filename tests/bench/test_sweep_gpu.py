@@ -247,6 +247,19 @@ def test_cpu_goal_pairs_rows_by_lr_and_steps_and_names_the_winner() -> None:
     assert sweep._paired(a, w).endswith("+0.050 KL (+0.050 to +0.050) over 2 seeds.")
 
 
+def test_a_weight_0_row_is_a_control_never_the_winner_or_meg_s_best() -> None:
+    w = _cpu_row("wgan", "wgan_gp", [980, 990], 0.35)
+    off = _cpu_row("meg_w0", "meg", [999, 999], 0.10)
+    off["settings"] = {**off["settings"], "entropy_weight": 0.0}
+    on = _cpu_row("meg_a", "meg", [970, 980], 0.40)
+    (para,) = [line for line in sweep.cpu_goal([w, off, on]) if line]
+    assert para.startswith("**lr 0.001, 2000 steps: the goal is not met.**")
+    assert "`meg_w0` 999 modes, KL 0.100 (2 seed(s); control: entropy term off, not MEG)" in para
+    head = sweep.cpu_headline([w, off, on])
+    assert ": not met.** Closest, by modes: " in head and "`meg_a`" in head and "`meg_w0`" not in head
+    assert "No MEG row" in sweep.cpu_headline([w, off])
+
+
 def test_t_interval_matches_the_textbook_value() -> None:
     # mean 2, sample sd 1, n 4: half-width t(0.975, 3) · 1 / 2 = 3.182446 / 2
     mean, low, high = sweep.t_interval([1.0, 2.0, 2.0, 3.0])
