@@ -862,13 +862,14 @@ def _paired_lead(meg: dict[str, Any], wgan: dict[str, Any]) -> bool:
     return p is not None and len(p["seeds"]) >= 3 and p["modes_ci"][1] > 0 and p["kl_ci"][2] < 0
 
 
-def _paired(meg: dict[str, Any], wgan: dict[str, Any]) -> str:
-    """paired_diffs in words; empty where the rows share under two seeds."""
+def _paired(meg: dict[str, Any], wgan: dict[str, Any], other: str = "WGAN-GP") -> str:
+    """paired_diffs in words (`other` names the row subtracted); empty where the rows share
+    under two seeds."""
     p = paired_diffs(meg, wgan)
     if p is None:
         return ""
     (mm, ml, mh), (km, kl, kh) = p["modes_ci"], p["kl_ci"]
-    return (f"Seed by seed (`{meg['config']}` minus WGAN-GP; a seed fixes the classifier and the "
+    return (f"Seed by seed (`{meg['config']}` minus {other}; a seed fixes the classifier and the "
             f"training triples): {', '.join(f'{d:+d}' for d in p['modes'])} modes, "
             f"{', '.join(f'{d:+.3f}' for d in p['kl'])} KL; mean {mm:+.1f} modes (95% interval "
             f"{ml:+.1f} to {mh:+.1f}), {km:+.3f} KL ({kl:+.3f} to {kh:+.3f}) over {len(p['seeds'])} seeds.")
@@ -893,7 +894,24 @@ def cpu_goal(cpu: list[dict[str, Any]]) -> list[str]:
                + (f" {noisy}: on the means only, {UNCLEAR}." if noisy else "")
                + f" WGAN-GP (`{w['config']}`) {_modes_kl(w)} ({len(w['seeds'])} seed(s)); MEG: "
                + "; ".join(parts) + "."]
+        for said in _entropy_effects([m for m, _, _ in v["megs"]]):
+            md += ["", f"What MEG's entropy term adds here: {said}"]
     return md
+
+
+def _entropy_effects(megs: list[dict[str, Any]]) -> list[str]:
+    """Each MEG row beside its weight-0 control (the same settings but the entropy weight),
+    seed by seed."""
+    def rest(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in row["settings"].items() if k != "entropy_weight"}
+
+    out = []
+    for c in (c for c in megs if _control(c)):
+        for m in (m for m in megs if not _control(m) and rest(m) == rest(c)):
+            said = _paired(m, c, f"the control `{c['config']}`")
+            if said:
+                out.append(said)
+    return out
 
 
 def weight_sweep(rows: list[dict[str, Any]]) -> dict[tuple[str, float, float], list[tuple[float, str]]]:

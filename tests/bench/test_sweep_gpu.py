@@ -258,6 +258,12 @@ def test_a_weight_0_row_is_a_control_never_the_winner_or_meg_s_best() -> None:
     head = sweep.cpu_headline([w, off, on])
     assert ": not met.** Closest, by modes: " in head and "`meg_a`" in head and "`meg_w0`" not in head
     assert "No MEG row" in sweep.cpu_headline([w, off])
+    off["kl_each"], on["kl_each"] = [0.1, 0.1], [0.3, 0.5]
+    off["settings"]["entropy"] = on["settings"]["entropy"] = "jsd"
+    (effect,) = [line for line in sweep.cpu_goal([w, off, on]) if line.startswith("What MEG's entropy")]
+    assert "(`meg_a` minus the control `meg_w0`; a seed fixes" in effect and "-29, -19 modes" in effect
+    other = {**on, "settings": {**on["settings"], "gp_weight": 100.0}}  # not its control: no line
+    assert not [line for line in sweep.cpu_goal([w, off, other]) if line.startswith("What MEG's")]
 
 
 def test_t_interval_matches_the_textbook_value() -> None:
