@@ -887,11 +887,11 @@ def cpu_goal(cpu: list[dict[str, Any]]) -> list[str]:
             if _control(m):
                 verdict = "control: entropy term off, not MEG"
             parts.append(f"`{m['config']}` {_modes_kl(m)} ({len(m['seeds'])} seed(s); {verdict})")
-        winners = ", ".join(f"`{m['config']}`" for m in v["winners"])
+        clear = ", ".join(f"`{m['config']}`" for m in v["winners"] if m["config"] not in v["within_spread"])
         noisy = ", ".join(f"`{c}`" for c in v["within_spread"])
-        md += ["", f"**lr {v['lr']:g}, {v['steps']} steps: the goal is "
-               + (f"met by {winners}.**" if winners else "not met.**")
-               + (f" {noisy}: on the means only, {UNCLEAR}." if noisy else "")
+        state = (f"met by {clear}.**" + (f" {noisy}: on the means only, {UNCLEAR}." if noisy else "") if clear
+                 else f"met on the means only, by {noisy}.** That is {UNCLEAR}." if noisy else "not met.**")
+        md += ["", f"**lr {v['lr']:g}, {v['steps']} steps: the goal is " + state
                + f" WGAN-GP (`{w['config']}`) {_modes_kl(w)} ({len(w['seeds'])} seed(s)); MEG: "
                + "; ".join(parts) + "."]
         for said in _entropy_effects([m for m, _, _ in v["megs"]]):

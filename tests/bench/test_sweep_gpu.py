@@ -215,7 +215,7 @@ def test_cpu_goal_pairs_rows_by_lr_and_steps_and_names_the_winner() -> None:
             _cpu_row("meg_b", "meg", [990, 996], 0.40), _cpu_row("meg_low", "meg", [900, 940], 0.30),
             _cpu_row("meg_4k", "meg", [999, 999], 0.10, steps=4000)]
     (para,) = [line for line in sweep.cpu_goal(rows) if line]
-    assert para.startswith("**lr 0.001, 2000 steps: the goal is met by `meg_a`.**")
+    assert para.startswith("**lr 0.001, 2000 steps: the goal is met on the means only, by `meg_a`.** That is by less")
     assert "`meg_b` 993 modes, KL 0.400 (2 seed(s); more modes, higher KL)" in para
     assert "(2 seed(s); ahead on both counts, below 950)" not in para  # meg_low has fewer modes
     assert "`meg_low` 920 modes, KL 0.300 (2 seed(s); fewer modes, lower KL)" in para
@@ -232,7 +232,8 @@ def test_cpu_goal_pairs_rows_by_lr_and_steps_and_names_the_winner() -> None:
                               for k, a in r["agg"].items()}} for r in rows]
 
     assert "met on the means only" in sweep.cpu_headline(spread(20.0))  # 8 modes ahead, std 20
-    assert f"`meg_a`: on the means only, {sweep.UNCLEAR}." in sweep.cpu_goal(spread(20.0))[1]
+    assert f"met on the means only, by `meg_a`.** That is {sweep.UNCLEAR}." in sweep.cpu_goal(spread(20.0))[1]
+    assert "the goal is met by `meg_a`.** WGAN-GP" in sweep.cpu_goal(spread(2.0))[1]
     assert ": met.**" in sweep.cpu_headline(spread(2.0))
     assert "on the means only" not in sweep.cpu_goal(spread(2.0))[1]
     assert "`meg_b`" not in head and "Not met at" not in head
