@@ -437,6 +437,7 @@ def verdict(result: dict[str, Any], ablations: dict[str, dict[str, Any]] | None 
 
 
 DATA_SHOULDER = math.exp(-4.5) - math.exp(-18)  # 2-D Gaussian: P(3 < r/σ ≤ 6)
+DATA_MEDIAN = math.sqrt(2 * math.log(2))  # 2-D Gaussian: the median of r/σ
 
 
 def _tails(shoulder: float) -> str:
@@ -475,11 +476,11 @@ def spill_table(results: dict[str, dict[str, Any]]) -> list[str]:
             lines.append(f"- `{tag}`, {name}: MEG's generator has {-gap('high_quality_fraction'):.1f} points "
                          f"fewer samples within 3 std than WGAN-GP's; {gap(SPILL[0]):+.1f} points at 3 to 6 std, "
                          f"{gap('between'):+.1f} between modes. Median distance to a centre: MEG "
-                         f"{m[SPILL[1]]['mean']:.2f} std, WGAN-GP {w[SPILL[1]]['mean']:.2f} (the data's 1.18). "
+                         f"{m[SPILL[1]]['mean']:.2f} std, WGAN-GP {w[SPILL[1]]['mean']:.2f} (the data's {DATA_MEDIAN:.2f}). "
                          f"Against the data's {100 * DATA_SHOULDER:.1f}% at 3 to 6 std, MEG's modes have "
                          f"{_tails(m[SPILL[0]]['mean'])} tails, WGAN-GP's {_tails(w[SPILL[0]]['mean'])}.")
-    return ["", "Where the other samples fall (the data's own: 1.1% at 3 to 6 std, none between modes, "
-            "median distance √(2 ln 2) ≈ 1.18 std):", "",
+    return ["", f"Where the other samples fall (the data's own: {100 * DATA_SHOULDER:.1f}% at 3 to 6 std, none "
+            f"between modes, median distance √(2 ln 2) ≈ {DATA_MEDIAN:.2f} std):", "",
             table(["run", "toy", "method", "seeds", "within 3 std %", "3 to 6 std % (modes too wide)",
                    "beyond 6 std % (between modes)", "median distance to a centre (std)"], rows),
             *([""] + lines if lines else [])]
