@@ -55,8 +55,7 @@ def main() -> None:
         saved = json.loads((RESULTS / "recipes.json").read_text())
         only = saved.get("only") or ",".join(dict.fromkeys(r["recipe"] for r in saved["results"]))
         seeds = saved.get("seeds") or ",".join(str(s) for s in dict.fromkeys(r["seed"] for r in saved["results"]))
-        write_section("recipes", section(saved["machine"], saved["results"], f"--only {only} --seeds {seeds}",
-                                         recipe_steps(saved["results"])))
+        write_recipes(saved["machine"], saved["results"], only, seeds)
         print("updated docs/benchmarks.md (recipes)")
         return
     info = machine_info()
@@ -69,7 +68,12 @@ def main() -> None:
                 print(f"  {r['wall_seconds']} s  {json.dumps({k: r['metrics'].get(k) for k in METRICS.get(recipe, [])})}", flush=True)
                 results.append(r)
     save_json("recipes", {"machine": info, "results": results, "only": args.only, "seeds": args.seeds})
-    write_section("recipes", section(info, results, f"--only {args.only} --seeds {args.seeds}", recipe_steps(results)))
+    write_recipes(info, results, args.only, args.seeds)
+
+
+def write_recipes(info: dict[str, Any], results: list[dict[str, Any]], only: str, seeds: str) -> None:
+    """The docs section from measured rows, marked against today's recipe step counts."""
+    write_section("recipes", section(info, results, f"--only {only} --seeds {seeds}", recipe_steps(results)))
 
 
 def recipe_steps(results: list[dict[str, Any]]) -> dict[str, int]:

@@ -172,6 +172,11 @@ def aggregate(runs: list[dict[str, Any]], keys: tuple[str, ...] = METRICS) -> di
     return out
 
 
+def summarise(runs: list[dict[str, Any]], names: list[str], methods: list[str]) -> dict[str, Any]:
+    """{toy: {method: aggregate over that toy's runs}}."""
+    return {name: {m: aggregate([r[m] for r in runs if r["dataset"] == name]) for m in methods} for name in names}
+
+
 def pm(agg: dict[str, float], scale: float = 1.0, digits: int = 3) -> str:
     """mean ± sample std; the mean alone for one seed, whose spread is unknown (not 0)."""
     mean = f"{agg['mean'] * scale:.{digits}f}"
@@ -292,8 +297,7 @@ def main() -> None:
                     plots[name] = {**meg_plots, **w_plots}
     wall = time.time() - t_start
 
-    summary = {name: {method: aggregate([r[method] for r in runs if r["dataset"] == name])
-                      for method in methods} for name in names}
+    summary = summarise(runs, names, methods)
     partial = args.quick or bool(args.tag)
     stem = "toys_quick" if args.quick else f"toys_{args.tag}" if args.tag else "toys"
     img = RESULTS / f"{stem}.png" if partial else ROOT / "docs" / "img" / "toys.png"
@@ -384,8 +388,7 @@ def merge_results(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
         raise SystemExit("--merge: a seed appears in more than one part")
     seeds = sorted({run["seed"] for run in runs})
     methods = list(next(iter(first["summary"].values())))
-    summary = {name: {m: aggregate([run[m] for run in runs if run["dataset"] == name]) for m in methods}
-               for name in first["summary"]}
+    summary = summarise(runs, list(first["summary"]), methods)
     return {**first, "command": "; ".join(r["command"] for r in parts.values()),
             "wall_seconds": max(r["wall_seconds"] for r in parts.values()), "seeds": seeds,
             "overrides": overrides_of(first), "summary": summary, "runs": runs, "merged_from": list(parts)}
